@@ -1,0 +1,5 @@
+"""`python -m notifyworker` is the `notifyworker` command."""
+
+from notifyworker.cli import main
+
+main()

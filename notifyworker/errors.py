@@ -1,0 +1,56 @@
+"""The one exception hierarchy of notifyworker.
+
+    NotifyWorkerError
+    ├── ConfigError          a setting or a CLI argument is wrong
+    ├── TaskError            a job cannot be run as written
+    │   ├── UnknownTask
+    │   └── InvalidPayload
+    └── DatabaseError        PostgreSQL refused or could not be reached
+        ├── ConnectionLost   the connection dropped; retrying may help
+        ├── RowRejected      a row broke a constraint
+        └── SchemaMissing    `notifyworker migrate` has not run
+
+Every message is written for the person reading the log: a user's mistake is
+shown as this one line at the CLI boundary, never as a traceback.
+"""
+
+from __future__ import annotations
+
+
+class NotifyWorkerError(Exception):
+    """notifyworker failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__)
+
+
+class ConfigError(NotifyWorkerError):
+    """A setting is invalid."""
+
+
+class TaskError(NotifyWorkerError):
+    """The job cannot be run."""
+
+
+class UnknownTask(TaskError):
+    """No handler is registered under this task name."""
+
+
+class InvalidPayload(TaskError):
+    """The payload does not match the task's model."""
+
+
+class DatabaseError(NotifyWorkerError):
+    """PostgreSQL refused the statement."""
+
+
+class ConnectionLost(DatabaseError):
+    """The connection to PostgreSQL failed or dropped."""
+
+
+class RowRejected(DatabaseError):
+    """PostgreSQL rejected the row."""
+
+
+class SchemaMissing(DatabaseError):
+    """The notifyworker schema is missing: run `notifyworker migrate`."""

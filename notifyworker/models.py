@@ -1,0 +1,84 @@
+"""The shapes that cross module boundaries: job rows, statuses, outcomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, NewType
+
+JobId = NewType("JobId", int)
+WorkerId = NewType("WorkerId", str)
+
+JobStatus = Literal["new", "queued", "running", "done", "failed", "cancelled"]
+FinalStatus = Literal["done", "failed", "cancelled"]
+FINAL_STATUSES: tuple[FinalStatus, ...] = ("done", "failed", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job this worker holds (status `queued`), as the claim returned it."""
+
+    id: JobId
+    task: str
+    payload: dict[str, Any]
+    object_id: str | None
+    timeout: timedelta
+    attempts: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a job ended, as the consumer records it."""
+
+    status: FinalStatus
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """A row of the classic job table."""
+
+    id: JobId
+    task: str
+    object_id: str | None
+    payload: dict[str, Any]
+    status: JobStatus
+    attempts: int
+    created_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancelled_at: datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    """What one sweep did, for the log."""
+
+    overdue_cancelled: int = 0
+    dead_workers: int = 0
+    rescued_requeued: int = 0
+    rescued_cancelled: int = 0
+    skipped: bool = False
+
+    @property
+    def acted(self) -> bool:
+        return bool(
+            self.overdue_cancelled or self.dead_workers or self.rescued_requeued
+            or self.rescued_cancelled
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Counts and pickup latency of a run, for `up --duration`."""
+
+    done: int
+    cancelled: int
+    failed: int
+    unfinished: int
+    pickup_p50_ms: float | None
+    pickup_p99_ms: float | None

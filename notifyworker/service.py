@@ -1,0 +1,140 @@
+"""The worker: the composition root that owns every task in one nursery tree.
+
+    root nursery
+    ├── heartbeat                      (until the very end)
+    ├── grace timer                    (after shutdown is asked)
+    └── consumers nursery              (`concurrency` consumers)
+        └── publishers nursery         (listener, claimer, sweeper)
+
+Start-up loses nothing: consumers exist before anything is claimed, the
+listener reports started only once LISTENing, and the claimer's first pass
+takes whatever was inserted before. Shutdown runs the other way: publishers
+stop (the channel closes), running jobs get `shutdown_grace`, the rest are
+cancelled, and claimed-but-unstarted jobs go back to `new`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import uuid
+
+import trio
+
+from notifyworker import store
+from notifyworker.config import Settings
+from notifyworker.consumer import ConsumerContext, consume
+from notifyworker.coordination import Demand, RunningJobs
+from notifyworker.db import Database, ListenConnection, redact
+from notifyworker.heartbeat import beat_forever, register
+from notifyworker.limiter import FixedIntervalLimiter
+from notifyworker.models import ClaimedJob, WorkerId
+from notifyworker.publisher import claim_forever, listen
+from notifyworker.sweeper import sweep_forever
+from notifyworker.tasks import Registry
+
+log = logging.getLogger(__name__)
+
+# After the grace period, cancelled jobs still get this long to record their
+# outcome before the worker gives up on the database and exits.
+FINAL_WRITE_LIMIT = 10.0
+# Connections a worker needs besides the listener's: claimer, sweeper,
+# heartbeat, and a few for consumers recording outcomes.
+POOL_SIZE = 6
+
+
+def new_worker_id() -> WorkerId:
+    return WorkerId(uuid.uuid4().hex[:16])
+
+
+class Worker:
+    """One worker process's state; `run` drives it until `stop` is called."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.worker_id = new_worker_id()
+        self.limiter = FixedIntervalLimiter(settings.rate)
+        self.running = RunningJobs()
+        self.stop_requested = trio.Event()
+        self._grace_over = trio.Event()
+
+    def stop(self) -> None:
+        """Ask for a graceful stop; a second call ends the grace period at once."""
+        if self.stop_requested.is_set():
+            self._grace_over.set()
+        self.stop_requested.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[WorkerId] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        settings = self.settings
+        url = settings.url()
+        db = Database(url, size=POOL_SIZE)
+        await db.open()
+        try:
+            await register(db, self.worker_id)
+            log.info("worker %s connected to %s", self.worker_id, redact(url))
+            try:
+                async with trio.open_nursery() as root:
+                    root.start_soon(beat_forever, db, self.worker_id, settings.heartbeat_interval)
+                    await self._pipeline(db, root, task_status)
+                    root.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(FINAL_WRITE_LIMIT):
+                    requeued = await db.run(store.requeue_unstarted, self.worker_id)
+                    await db.run(store.unregister_worker, self.worker_id)
+                    log.info("worker %s stopped; %d unstarted job(s) handed back",
+                             self.worker_id, requeued)
+        finally:
+            with trio.CancelScope(shield=True):
+                await db.close()
+
+    async def _pipeline(self, db: Database, root: trio.Nursery,
+                        task_status: trio.TaskStatus[WorkerId]) -> None:
+        settings = self.settings
+        demand = Demand(settings.concurrency)
+        ctx = ConsumerContext(
+            db=db, worker_id=self.worker_id, registry=self.registry, limiter=self.limiter,
+            demand=demand, running=self.running, pacing=RunningJobs(),
+            backstop_grace=settings.sweep_interval + 1.0,
+        )
+        send, recv = trio.open_memory_channel[ClaimedJob](0)
+        listener = ListenConnection(db.url)
+        try:
+            async with trio.open_nursery() as consumers:
+                async with recv:
+                    for _ in range(settings.concurrency):
+                        consumers.start_soon(consume, recv.clone(), ctx)
+                async with trio.open_nursery() as publishers:
+                    await publishers.start(listen, listener, demand, self.running)
+                    publishers.start_soon(claim_forever, db, self.worker_id, demand, send,
+                                          settings.poll_interval)
+                    publishers.start_soon(sweep_forever, db, settings.sweep_interval,
+                                          settings.dead_worker_after)
+                    task_status.started(self.worker_id)
+                    await self.stop_requested.wait()
+                    log.info("stopping: no new claims; running jobs get %gs",
+                             settings.shutdown_grace)
+                    ctx.stopping = True
+                    ctx.pacing.cancel_all("worker stopping before the job started")
+                    publishers.cancel_scope.cancel()
+                root.start_soon(self._grace_timer)
+        finally:
+            listener.close()
+
+    async def _grace_timer(self) -> None:
+        with trio.move_on_after(self.settings.shutdown_grace):
+            await self._grace_over.wait()
+        cancelled = self.running.cancel_all(
+            f"cancelled at shutdown: still running after the {self.settings.shutdown_grace:g}s grace"
+        )
+        if cancelled:
+            log.warning("grace period over: cancelling %d running job(s)", cancelled)
+
+
+async def stop_on_signals(worker: Worker) -> None:
+    """SIGINT/SIGTERM stop the worker gracefully; a second one ends the grace at once."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            worker.stop()

@@ -1,0 +1,162 @@
+"""The job table's operations, each one unit of work (one thread hop).
+
+Each function here is sync and takes a `Session`; callers run it through
+`Database.run` (the service) or `db.run_once` (the CLI).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from notifyworker.db import Session, json_param
+from notifyworker.models import (
+    ClaimedJob,
+    JobId,
+    JobRow,
+    Outcome,
+    Summary,
+    SweepReport,
+    WorkerId,
+)
+from notifyworker.sqlfiles import migrations
+
+log = logging.getLogger(__name__)
+
+# Most jobs one sweep touches per kind of dead job, so a backlog of dead
+# jobs is worked off over several sweeps instead of one long transaction.
+SWEEP_BATCH = 500
+
+
+def migrate(s: Session) -> list[str]:
+    """Apply the migrations not yet applied, in one transaction; names applied.
+
+    Safe to run from several processes at once: the advisory lock makes the
+    second wait for the first, then find nothing left to do.
+    """
+    applied_now = []
+    with s.transaction():
+        s.rows("migrate_lock")
+        s.execute("migrate_bookkeeping")
+        done = {row["version"] for row in s.rows("applied_migrations")}
+        for migration in migrations():
+            if migration.version in done:
+                continue
+            s.script(migration.sql)
+            s.execute("record_migration", version=migration.version, name=migration.name)
+            applied_now.append(f"{migration.version:04d}_{migration.name}")
+    return applied_now
+
+
+def pending_migrations(s: Session) -> list[int]:
+    done = {row["version"] for row in s.rows("applied_migrations")}
+    return [m.version for m in migrations() if m.version not in done]
+
+
+def register_worker(s: Session, worker_id: WorkerId, host: str, pid: int) -> None:
+    s.execute("register_worker", worker_id=worker_id, host=host, pid=pid)
+
+
+def heartbeat(s: Session, worker_id: WorkerId) -> bool:
+    """True while this worker is still registered (not declared dead)."""
+    return s.one("heartbeat", worker_id=worker_id) is not None
+
+
+def unregister_worker(s: Session, worker_id: WorkerId) -> None:
+    s.execute("unregister_worker", worker_id=worker_id)
+
+
+def claim(s: Session, worker_id: WorkerId, limit: int) -> list[ClaimedJob]:
+    rows = s.rows("claim", worker_id=worker_id, limit=limit)
+    jobs = [
+        ClaimedJob(
+            id=JobId(row["id"]),
+            task=row["task"],
+            payload=row["payload"],
+            object_id=row["object_id"],
+            timeout=row["timeout"],
+            attempts=row["attempts"],
+            created_at=row["created_at"],
+        )
+        for row in rows
+    ]
+    jobs.sort(key=lambda job: job.id)  # UPDATE … RETURNING does not keep the CTE's order
+    return jobs
+
+
+def start(s: Session, worker_id: WorkerId, job_id: JobId) -> bool:
+    """Mark running; False when the job is no longer this worker's to run."""
+    return s.one("start", worker_id=worker_id, id=job_id) is not None
+
+
+def finish(s: Session, worker_id: WorkerId, job_id: JobId, outcome: Outcome) -> bool:
+    """Record the outcome; False when the sweeper had already decided it."""
+    row = s.one(
+        "finish",
+        worker_id=worker_id,
+        id=job_id,
+        status=outcome.status,
+        result=None if outcome.result is None else json_param(outcome.result),
+        error=outcome.error,
+    )
+    return row is not None
+
+
+def requeue_unstarted(s: Session, worker_id: WorkerId) -> int:
+    """Give this worker's claimed-but-unstarted jobs back; wake the others."""
+    with s.transaction():
+        count = len(s.rows("requeue_unstarted", worker_id=worker_id))
+        if count:
+            s.rows("notify_jobs", reason="requeued")
+    return count
+
+
+def sweep(s: Session, dead_after_seconds: float) -> SweepReport:
+    """One round of the sweeper, if no other replica's sweeper holds the lock."""
+    with s.transaction():
+        lock = s.one("sweep_lock")
+        if lock is None or not lock["acquired"]:
+            return SweepReport(skipped=True)
+        overdue = len(s.rows("sweep_overdue", limit=SWEEP_BATCH))
+        dead = s.rows("dead_workers", dead_after=f"{dead_after_seconds} seconds", limit=SWEEP_BATCH)
+        requeued = cancelled = 0
+        for worker in dead:
+            rescued = s.one("rescue_dead_worker", worker_id=worker["id"])
+            assert rescued is not None
+            requeued += rescued["requeued"]
+            cancelled += rescued["cancelled"]
+        if requeued:
+            s.rows("notify_jobs", reason="rescued")
+    return SweepReport(
+        overdue_cancelled=overdue,
+        dead_workers=len(dead),
+        rescued_requeued=requeued,
+        rescued_cancelled=cancelled,
+    )
+
+
+def enqueue(s: Session, task: str, payload: dict[str, Any], object_id: str | None = None,
+            timeout: float | None = None) -> JobId:
+    params: dict[str, Any] = {"task": task, "payload": json_param(payload), "object_id": object_id}
+    if timeout is None:
+        row = s.one("enqueue", **params)
+    else:
+        row = s.one("enqueue_with_timeout", timeout=timeout, **params)
+    assert row is not None
+    return JobId(row["id"])
+
+
+def latest_jobs(s: Session, limit: int) -> list[JobRow]:
+    return [JobRow(**row) for row in s.rows("latest_jobs", limit=limit)]
+
+
+def last_job_id(s: Session) -> JobId:
+    row = s.one("last_job_id")
+    assert row is not None
+    return JobId(row["id"])
+
+
+def summary_since(s: Session, after_id: JobId) -> Summary:
+    row = s.one("summary_since", after_id=after_id)
+    assert row is not None
+    return Summary(**row)

@@ -1,0 +1,39 @@
+"""The sweeper: the authority on dead jobs, for every replica at once.
+
+Deadlines are judged on PostgreSQL's clock, by one sweeper at a time (an
+advisory lock), so replicas with skewed clocks never disagree about which
+job is overdue; the owning worker learns of a cancellation through NOTIFY.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+import trio
+
+from notifyworker import store
+from notifyworker.db import Database
+from notifyworker.errors import ConnectionLost
+
+log = logging.getLogger(__name__)
+
+
+async def sweep_forever(db: Database, interval: float, dead_worker_after: float) -> NoReturn:
+    """Sweep every `interval` on absolute deadlines; an outage only skips rounds."""
+    next_round = trio.current_time()
+    while True:
+        try:
+            report = await db.run(store.sweep, dead_worker_after)
+        except ConnectionLost as exc:
+            log.warning("sweep skipped: %s", exc)
+        else:
+            if report.acted:
+                log.info(
+                    "sweeper: %d overdue job(s) cancelled; %d dead worker(s): "
+                    "%d job(s) requeued, %d cancelled",
+                    report.overdue_cancelled, report.dead_workers,
+                    report.rescued_requeued, report.rescued_cancelled,
+                )
+        next_round = max(next_round + interval, trio.current_time())
+        await trio.sleep_until(next_round)

@@ -1,0 +1,121 @@
+"""Task handlers: a registry from task name to an async handler and its payload model.
+
+    from pydantic import BaseModel
+    from notifyworker.tasks import task
+
+    class Resize(BaseModel):
+        image_id: int
+
+    @task("resize")
+    async def resize(payload: Resize) -> dict[str, int]:
+        ...
+
+`notifyworker run --tasks myapp.tasks` imports that module, which registers
+its handlers in the default registry as a side effect of the decorator.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, get_type_hints
+
+import trio
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from notifyworker.errors import ConfigError, InvalidPayload, UnknownTask
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[M], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    model: type[BaseModel]
+    handler: Callable[[Any], Awaitable[Any]]
+
+    def parse(self, payload: Any) -> BaseModel:
+        try:
+            return self.model.model_validate(payload)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise InvalidPayload(f"invalid payload for task {self.name!r}: {problems}") from None
+
+
+class Registry:
+    """Task name → handler. A worker runs the tasks of one registry."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+
+    def task(self, name: str) -> Callable[[Handler[M]], Handler[M]]:
+        """Register an async handler whose one parameter is annotated with its payload model."""
+
+        def register(handler: Handler[M]) -> Handler[M]:
+            self.add(name, handler)
+            return handler
+
+        return register
+
+    def add(self, name: str, handler: Handler[M]) -> None:
+        if name in self._tasks:
+            raise ConfigError(f"task {name!r} is registered twice")
+        if not inspect.iscoroutinefunction(handler):
+            raise ConfigError(f"task {name!r}: the handler must be an async function")
+        params = list(inspect.signature(handler).parameters)
+        hints = get_type_hints(handler)
+        model = hints.get(params[0]) if len(params) == 1 else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise ConfigError(
+                f"task {name!r}: the handler takes exactly one parameter, "
+                "annotated with a pydantic model"
+            )
+        self._tasks[name] = Task(name, model, handler)
+
+    def get(self, name: str) -> Task:
+        try:
+            return self._tasks[name]
+        except KeyError:
+            known = ", ".join(sorted(self._tasks)) or "none"
+            raise UnknownTask(f"unknown task {name!r} (known tasks: {known})") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+
+def import_tasks(modules: tuple[str, ...]) -> None:
+    """Import user task modules so their decorators register handlers."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # any failure of user code at import is a config error
+            raise ConfigError(
+                f"cannot import tasks module {module!r}: {type(exc).__name__}: {exc}"
+            ) from None
+
+
+registry = Registry()
+task = registry.task
+
+
+class SleepPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+
+@task("sleep")
+async def sleep(payload: SleepPayload) -> dict[str, float]:
+    """Sleep for `seconds`; without them, forever (the demo's stuck job)."""
+    if payload.seconds is None:
+        await trio.sleep(math.inf)
+    else:
+        await trio.sleep(payload.seconds)
+    return {"slept": payload.seconds or 0.0}

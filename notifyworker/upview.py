@@ -1,0 +1,75 @@
+"""`up`'s runtime: the worker, the demo producer and the live view, in one nursery."""
+
+from __future__ import annotations
+
+import sys
+
+import trio
+from rich.console import Console
+from rich.live import Live
+
+from notifyworker import console, store
+from notifyworker.config import Settings
+from notifyworker.db import Database
+from notifyworker.demo import produce_forever
+from notifyworker.models import JobId, JobRow
+from notifyworker.service import Worker, stop_on_signals
+from notifyworker.tasks import Registry
+
+# How often the view reads the table, and how many of the latest jobs it shows.
+REFRESH_SECONDS = 0.25
+SHOWN_JOBS = 18
+
+
+async def run_up(settings: Settings, registry: Registry, demo_rate: float,
+                 duration: float | None, out: Console, live: bool) -> tuple[JobId, float]:
+    """Run until a signal (or `duration`); returns the last job id before the run and its length."""
+    db = Database(settings.url(), size=2)
+    await db.open()
+    try:
+        first_id = await db.run(store.last_job_id)
+        worker = Worker(settings, registry)
+        began = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_signals, worker)
+            await nursery.start(_run_worker, worker, nursery.cancel_scope)
+            async with trio.open_nursery() as demo:
+                demo.start_soon(produce_forever, db, demo_rate)
+                demo.start_soon(_view, db, first_id, out, live)
+                if duration is not None:
+                    with trio.move_on_after(duration):
+                        await worker.stop_requested.wait()
+                    worker.stop()
+                else:
+                    await worker.stop_requested.wait()
+                demo.cancel_scope.cancel()
+        return first_id, round(trio.current_time() - began, 1)
+    finally:
+        with trio.CancelScope(shield=True):
+            await db.close()
+
+
+async def _run_worker(worker: Worker, scope: trio.CancelScope,
+                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    await worker.run(task_status=task_status)
+    scope.cancel()
+
+
+async def _view(db: Database, first_id: JobId, out: Console, live: bool) -> None:
+    if live:
+        with Live(console=out, auto_refresh=False, transient=False) as screen:
+            while True:
+                rows = await db.run(store.latest_jobs, SHOWN_JOBS)
+                screen.update(console.job_table(rows, title="notifyworker up  (Ctrl-C stops)"),
+                              refresh=True)
+                await trio.sleep(REFRESH_SECONDS)
+    else:
+        # Plain output: one line per job as it reaches each new status.
+        seen: dict[int, str] = {}
+        while True:
+            rows: list[JobRow] = await db.run(store.latest_jobs, SHOWN_JOBS * 4)
+            for row in reversed(rows):
+                if row.id > first_id and seen.get(row.id) != row.status:
+                    seen[row.id] = row.status
+                    print(console.plain_line(row), file=sys.stdout, flush=True)
+            await trio.sleep(REFRESH_SECONDS)

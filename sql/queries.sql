@@ -1,0 +1,188 @@
+-- Every statement notifyworker runs, as named blocks: "-- name --", then
+-- "-- " description lines, then the statement. Parameters are psycopg's
+-- %(name)s placeholders; nothing here is ever built from strings.
+
+-- migrate_lock --
+-- Serialises concurrent `notifyworker migrate` runs (several replicas
+-- starting at once); released with the transaction.
+SELECT pg_advisory_xact_lock(hashtext('notifyworker.migrate'));
+
+-- migrate_bookkeeping --
+-- The record of applied migration files; created before the first one runs.
+CREATE SCHEMA IF NOT EXISTS notifyworker;
+CREATE TABLE IF NOT EXISTS notifyworker.migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- applied_migrations --
+-- Versions already applied, so migrate only runs what is new.
+SELECT version FROM notifyworker.migrations ORDER BY version;
+
+-- record_migration --
+-- Marks one migration file applied, in the same transaction that ran it.
+INSERT INTO notifyworker.migrations (version, name) VALUES (%(version)s, %(name)s);
+
+-- listen_jobs --
+-- New jobs: the insert trigger and requeues notify here.
+LISTEN notifyworker_jobs;
+
+-- listen_cancel --
+-- Jobs the sweeper cancelled while a worker may still run them.
+LISTEN notifyworker_cancel;
+
+-- register_worker --
+-- Enters this process in the registry the sweeper reads.
+INSERT INTO notifyworker.workers (id, host, pid) VALUES (%(worker_id)s, %(host)s, %(pid)s);
+
+-- heartbeat --
+-- Proves this worker alive; returns no row when a sweeper declared it dead
+-- and removed it, which the worker treats as fatal (its jobs were rescued).
+UPDATE notifyworker.workers SET heartbeat_at = clock_timestamp()
+WHERE id = %(worker_id)s
+RETURNING id;
+
+-- unregister_worker --
+-- A clean exit leaves nothing for the sweeper to rescue.
+DELETE FROM notifyworker.workers WHERE id = %(worker_id)s;
+
+-- claim --
+-- Takes up to %(limit)s waiting jobs, oldest first, for one worker.
+-- SKIP LOCKED lets replicas claim side by side without waiting on each
+-- other or taking the same row; the partial index jobs_waiting keeps the
+-- scan to waiting rows only.
+WITH picked AS (
+    SELECT id FROM notifyworker.jobs
+    WHERE status = 'new'
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE notifyworker.jobs AS j
+SET status = 'queued', queued_at = clock_timestamp(), worker_id = %(worker_id)s
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id, j.task, j.payload, j.object_id, j.timeout, j.attempts, j.created_at;
+
+-- start --
+-- Marks a claimed job running, only while this worker still holds it: a
+-- sweeper that rescued the job first wins, and the worker skips it.
+UPDATE notifyworker.jobs
+SET status = 'running', started_at = clock_timestamp(), attempts = attempts + 1
+WHERE id = %(id)s AND worker_id = %(worker_id)s AND status = 'queued'
+RETURNING started_at;
+
+-- finish --
+-- Records a job's outcome, only while this worker still holds it: when the
+-- sweeper cancelled it first, its verdict stands.
+UPDATE notifyworker.jobs
+SET status = %(status)s,
+    finished_at = clock_timestamp(),
+    cancelled_at = CASE WHEN %(status)s = 'cancelled' THEN clock_timestamp() END,
+    result = %(result)s,
+    error = %(error)s
+WHERE id = %(id)s AND worker_id = %(worker_id)s AND status IN ('queued', 'running')
+RETURNING id;
+
+-- requeue_unstarted --
+-- On shutdown, hands jobs this worker claimed but never started back to the
+-- queue; the caller then wakes the other workers (notify_jobs).
+UPDATE notifyworker.jobs
+SET status = 'new', worker_id = NULL, queued_at = NULL
+WHERE worker_id = %(worker_id)s AND status = 'queued'
+RETURNING id;
+
+-- notify_jobs --
+-- Wakes every worker to claim, after jobs went back to the queue.
+SELECT pg_notify('notifyworker_jobs', %(reason)s);
+
+-- sweep_lock --
+-- One sweeper acts at a time across all replicas; the others skip the
+-- round rather than wait. Released with the transaction.
+SELECT pg_try_advisory_xact_lock(hashtext('notifyworker.sweep')) AS acquired;
+
+-- sweep_overdue --
+-- Cancels running jobs past their own deadline (bounded batch), and tells
+-- their worker through NOTIFY so the handler is cancelled in the process too.
+WITH overdue AS (
+    SELECT id FROM notifyworker.jobs
+    WHERE status = 'running' AND started_at + timeout < clock_timestamp()
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), cancelled AS (
+    UPDATE notifyworker.jobs AS j
+    SET status = 'cancelled', finished_at = clock_timestamp(), cancelled_at = clock_timestamp(),
+        error = 'cancelled by the sweeper: still running after its timeout of '
+            || j.timeout::text
+    FROM overdue
+    WHERE j.id = overdue.id
+    RETURNING j.id
+)
+SELECT id, pg_notify('notifyworker_cancel', id::text) FROM cancelled;
+
+-- dead_workers --
+-- Workers whose heartbeat stopped; their jobs get rescued.
+SELECT id FROM notifyworker.workers
+WHERE heartbeat_at < clock_timestamp() - %(dead_after)s::interval
+ORDER BY heartbeat_at
+LIMIT %(limit)s;
+
+-- rescue_dead_worker --
+-- A dead worker's queued jobs never started, so they go back to the queue
+-- with no attempt spent; its running jobs are cancelled, saying why.
+WITH requeued AS (
+    UPDATE notifyworker.jobs
+    SET status = 'new', worker_id = NULL, queued_at = NULL
+    WHERE worker_id = %(worker_id)s AND status = 'queued'
+    RETURNING id
+), cancelled AS (
+    UPDATE notifyworker.jobs
+    SET status = 'cancelled', finished_at = clock_timestamp(), cancelled_at = clock_timestamp(),
+        error = 'cancelled by the sweeper: worker ' || worker_id || ' stopped heart-beating'
+    WHERE worker_id = %(worker_id)s AND status = 'running'
+    RETURNING id
+), removed AS (
+    DELETE FROM notifyworker.workers WHERE id = %(worker_id)s
+)
+SELECT (SELECT count(*) FROM requeued) AS requeued, (SELECT count(*) FROM cancelled) AS cancelled;
+
+-- enqueue --
+-- What `notifyworker enqueue` and the demo producer run: the same INSERT any
+-- application may write, the timeout left to the column default.
+INSERT INTO notifyworker.jobs (task, payload, object_id)
+VALUES (%(task)s, %(payload)s, %(object_id)s)
+RETURNING id;
+
+-- enqueue_with_timeout --
+-- The same, with the job's own timeout in seconds.
+INSERT INTO notifyworker.jobs (task, payload, object_id, timeout)
+VALUES (%(task)s, %(payload)s, %(object_id)s, make_interval(secs => %(timeout)s))
+RETURNING id;
+
+-- latest_jobs --
+-- The classic table: the newest jobs with their whole story.
+SELECT id, task, object_id, payload, status, attempts, created_at, queued_at, started_at,
+       finished_at, cancelled_at, error
+FROM notifyworker.jobs
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- summary_since --
+-- Counts and pickup latency (started_at - created_at) of the jobs created
+-- since a given id, for `up --duration`'s closing summary.
+SELECT count(*) FILTER (WHERE status = 'done') AS done,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status IN ('new', 'queued', 'running')) AS unfinished,
+       percentile_cont(0.5) WITHIN GROUP (
+           ORDER BY extract(epoch FROM started_at - created_at)) * 1000 AS pickup_p50_ms,
+       percentile_cont(0.99) WITHIN GROUP (
+           ORDER BY extract(epoch FROM started_at - created_at)) * 1000 AS pickup_p99_ms
+FROM notifyworker.jobs
+WHERE id > %(after_id)s;
+
+-- last_job_id --
+-- Where `up` starts counting its own jobs.
+SELECT coalesce(max(id), 0) AS id FROM notifyworker.jobs;
