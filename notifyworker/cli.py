@@ -35,17 +35,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DatabaseUrl = Annotated[str | None, typer.Option(
-    "--database-url", help="PostgreSQL URL [env: DATABASE_URL].", show_default=False)]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option("--database-url", help="PostgreSQL URL [env: DATABASE_URL].", show_default=False),
+]
 Concurrency = Annotated[int | None, typer.Option(help="Jobs run at once [default: 10].")]
-Rate = Annotated[float | None, typer.Option(
-    help="Job starts per second in this process, 0 = unlimited [default: 50].")]
-PollInterval = Annotated[float | None, typer.Option(
-    help="Seconds between claims when no notification comes [default: 1].")]
-ShutdownGrace = Annotated[float | None, typer.Option(
-    help="Seconds running jobs get on SIGTERM [default: 10].")]
-Tasks = Annotated[list[str] | None, typer.Option(
-    "--tasks", help="Module to import for task handlers (repeatable).")]
+Rate = Annotated[
+    float | None,
+    typer.Option(help="Job starts per second in this process, 0 = unlimited [default: 50]."),
+]
+PollInterval = Annotated[
+    float | None,
+    typer.Option(help="Seconds between claims when no notification comes [default: 1]."),
+]
+ShutdownGrace = Annotated[
+    float | None, typer.Option(help="Seconds running jobs get on SIGTERM [default: 10].")
+]
+Tasks = Annotated[
+    list[str] | None,
+    typer.Option("--tasks", help="Module to import for task handlers (repeatable)."),
+]
 LogLevel = Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")]
 
 
@@ -93,9 +102,13 @@ def run(
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C."""
     settings = _settings(
-        database_url=database_url, concurrency=concurrency, rate=rate,
-        poll_interval=poll_interval, shutdown_grace=shutdown_grace,
-        tasks=tuple(tasks) if tasks else None, log_level=log_level,
+        database_url=database_url,
+        concurrency=concurrency,
+        rate=rate,
+        poll_interval=poll_interval,
+        shutdown_grace=shutdown_grace,
+        tasks=tuple(tasks) if tasks else None,
+        log_level=log_level,
     )
     import_tasks(settings.tasks)
     _require_schema(settings.url())
@@ -114,11 +127,15 @@ async def _run_worker(settings: Settings) -> None:
 
 @app.command()
 def up(
-    duration: Annotated[float | None, typer.Option(
-        help="Stop by itself after this many seconds and print a summary.")] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Stop by itself after this many seconds and print a summary."),
+    ] = None,
     demo_rate: Annotated[float, typer.Option(help="Demo jobs inserted per second.")] = 2.0,
-    data_dir: Annotated[Path | None, typer.Option(
-        help="Data folder of the embedded PostgreSQL [default: .notifyworker/pg].")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Data folder of the embedded PostgreSQL [default: .notifyworker/pg]."),
+    ] = None,
     database_url: DatabaseUrl = None,
     concurrency: Concurrency = None,
     rate: Rate = None,
@@ -131,8 +148,12 @@ def up(
     live = sys.stdout.isatty()
     out = Console()
     settings = _settings(
-        database_url=database_url, concurrency=concurrency, rate=rate,
-        shutdown_grace=shutdown_grace, data_dir=data_dir, log_level=log_level,
+        database_url=database_url,
+        concurrency=concurrency,
+        rate=rate,
+        shutdown_grace=shutdown_grace,
+        data_dir=data_dir,
+        log_level=log_level,
         _console=out if live else None,
     )
     with _database(settings) as url:
@@ -165,8 +186,9 @@ def enqueue(
     task: Annotated[str, typer.Argument(help="Task name, e.g. sleep.")],
     payload: Annotated[str, typer.Option(help="JSON object passed to the task.")] = "{}",
     object_id: Annotated[str | None, typer.Option(help="Your own reference.")] = None,
-    timeout: Annotated[float | None, typer.Option(
-        help="Seconds the job may run [default: the table's, 10].")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds the job may run [default: the table's, 10].")
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Insert one job, exactly as an application's INSERT would."""

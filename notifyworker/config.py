@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from notifyworker.errors import ConfigError
 
@@ -28,11 +35,15 @@ class Settings(BaseSettings):
     )
     concurrency: int = Field(default=10, ge=1, le=1000, description="Jobs run at once.")
     rate: float = Field(
-        default=50.0, ge=0, le=100_000,
+        default=50.0,
+        ge=0,
+        le=100_000,
         description="Job starts per second in this process; 0 means unlimited.",
     )
     poll_interval: float = Field(
-        default=1.0, gt=0, le=3600,
+        default=1.0,
+        gt=0,
+        le=3600,
         description="Claim at least this often, in case a notification was missed.",
     )
     sweep_interval: float = Field(
@@ -42,20 +53,31 @@ class Settings(BaseSettings):
         default=2.0, gt=0, le=3600, description="How often a worker proves it is alive."
     )
     dead_worker_after: float = Field(
-        default=15.0, gt=0, le=86_400,
+        default=15.0,
+        gt=0,
+        le=86_400,
         description="A worker silent this long is dead; its jobs are rescued.",
     )
     shutdown_grace: float = Field(
-        default=10.0, ge=0, le=3600,
+        default=10.0,
+        ge=0,
+        le=3600,
         description="On SIGTERM, how long running jobs may finish before being cancelled.",
     )
-    tasks: tuple[str, ...] = Field(
-        default=(), description="Modules to import that register task handlers."
+    tasks: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="Modules to import that register task handlers (comma-separated)."
     )
     data_dir: Path = Field(
         default=DEFAULT_DATA_DIR, description="Data folder of the embedded PostgreSQL."
     )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _split_tasks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @model_validator(mode="after")
     def _heartbeat_fits(self) -> Self:

@@ -8,11 +8,29 @@ from rich.table import Table
 
 from notifyworker.models import JobRow, Summary
 
-COLUMNS = ("id", "object_id", "task", "sleep", "status", "created_at", "queued_at",
-           "started_at", "finished_at", "cancelled_at", "pickup", "error")
+COLUMNS = (
+    "id",
+    "object_id",
+    "task",
+    "sleep",
+    "status",
+    "created_at",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "cancelled_at",
+    "pickup",
+    "error",
+)
 
-STATUS_STYLE = {"done": "green", "failed": "red", "cancelled": "yellow", "running": "cyan",
-                "queued": "blue", "new": "white"}
+STATUS_STYLE = {
+    "done": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "queued": "blue",
+    "new": "white",
+}
 
 
 def _time(value: datetime | None) -> str:
@@ -38,10 +56,18 @@ def pickup_ms(job: JobRow) -> float | None:
 def cells(job: JobRow) -> list[str]:
     pickup = pickup_ms(job)
     return [
-        str(job.id), job.object_id or "", job.task, _sleep(job), job.status,
-        _time(job.created_at), _time(job.queued_at), _time(job.started_at),
-        _time(job.finished_at), _time(job.cancelled_at),
-        "" if pickup is None else f"{pickup:.1f} ms", (job.error or "")[:60],
+        str(job.id),
+        job.object_id or "",
+        job.task,
+        _sleep(job),
+        job.status,
+        _time(job.created_at),
+        _time(job.queued_at),
+        _time(job.started_at),
+        _time(job.finished_at),
+        _time(job.cancelled_at),
+        "" if pickup is None else f"{pickup:.1f} ms",
+        (job.error or "")[:60],
     ]
 
 
@@ -57,8 +83,9 @@ def job_table(jobs: list[JobRow], title: str | None = None) -> Table:
 
 
 def plain_line(job: JobRow) -> str:
-    return " ".join(f"{name}={value}" for name, value in zip(COLUMNS, cells(job), strict=True)
-                    if value)
+    return " ".join(
+        f"{name}={value}" for name, value in zip(COLUMNS, cells(job), strict=True) if value
+    )
 
 
 def summary_text(summary: Summary, seconds: float) -> str:

@@ -92,7 +92,7 @@ async def _run_one(job: ClaimedJob, ctx: ConsumerContext) -> None:
             ctx.running.add(job.id, scope)
             try:
                 result = await task.handler(payload)
-            except Exception as exc:  # a handler's failure is the job's, not the worker's
+            except Exception as exc:  # noqa: BLE001 - a handler's failure is the job's, not the worker's
                 outcome = Outcome("failed", error=_describe(exc))
             else:
                 outcome = _done(result)
@@ -115,8 +115,10 @@ def _done(result: Any) -> Outcome:
         json.dumps(value, allow_nan=False)
     except (PydanticSerializationError, ValueError, TypeError) as exc:
         return Outcome(
-            "failed", error=f"handler returned a value that is not JSON ({type(result).__name__}): "
-            f"{exc}"[:MAX_ERROR_CHARS]
+            "failed",
+            error=f"handler returned a value that is not JSON ({type(result).__name__}): {exc}"[
+                :MAX_ERROR_CHARS
+            ],
         )
     return Outcome("done", result=value)
 
@@ -140,12 +142,21 @@ async def _record(job: ClaimedJob, outcome: Outcome, ctx: ConsumerContext) -> No
         return
     level = logging.INFO if outcome.status == "done" else logging.WARNING
     if recorded:
-        log.log(level, "job %s %s %s%s", job.id, job.task, outcome.status,
-                f": {outcome.error}" if outcome.error else "")
+        log.log(
+            level,
+            "job %s %s %s%s",
+            job.id,
+            job.task,
+            outcome.status,
+            f": {outcome.error}" if outcome.error else "",
+        )
 
 
 async def _with_retries(
-    ctx: ConsumerContext, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
+    ctx: ConsumerContext,
+    fn: Callable[Concatenate[Session, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
 ) -> T:
     """Run a unit of work, retrying through a lost connection (the caller bounds it)."""
     backoff = Backoff()
@@ -156,4 +167,3 @@ async def _with_retries(
             delay = backoff.next_delay()
             log.warning("database unavailable (%s); retrying in %.2fs", exc, delay)
             await trio.sleep(delay)
-

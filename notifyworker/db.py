@@ -135,8 +135,9 @@ def connect(url: str) -> psycopg.Connection[Row]:
         )
 
 
-def run_once(url: str, fn: Callable[Concatenate[Session, P], T], *args: P.args,
-             **kwargs: P.kwargs) -> T:
+def run_once(
+    url: str, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
+) -> T:
     """Run one unit of work on a fresh connection (blocking): CLI commands use this."""
     conn = connect(url)
     try:
@@ -182,8 +183,9 @@ class Database:
     async def close(self) -> None:
         await trio.to_thread.run_sync(self._pool.close)
 
-    async def run(self, fn: Callable[Concatenate[Session, P], T], *args: P.args,
-                  **kwargs: P.kwargs) -> T:
+    async def run(
+        self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         """Run fn(session, …) in a worker thread: one hop for the whole unit.
 
         Not cancellable once started: a statement sent to PostgreSQL always
@@ -193,8 +195,7 @@ class Database:
             self._run_sync, fn, args, kwargs, limiter=self._threads
         )
 
-    def _run_sync(self, fn: Callable[..., T], args: tuple[Any, ...],
-                  kwargs: dict[str, Any]) -> T:
+    def _run_sync(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         with _translated(self.url), self._pool.connection() as conn:
             return fn(Session(conn), *args, **kwargs)
 

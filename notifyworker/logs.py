@@ -13,13 +13,13 @@ def configure(level: str, console: Console | None = None) -> None:
     """One handler on the root logger; `console` shares the terminal with a live table."""
     handler: logging.Handler
     if console is not None or sys.stderr.isatty():
-        handler = RichHandler(console=console or Console(stderr=True), show_path=False,
-                              log_time_format="%H:%M:%S.%f")
+        handler = RichHandler(
+            console=console or Console(stderr=True), show_path=False, log_time_format="%H:%M:%S.%f"
+        )
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

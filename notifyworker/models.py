@@ -67,7 +67,9 @@ class SweepReport:
     @property
     def acted(self) -> bool:
         return bool(
-            self.overdue_cancelled or self.dead_workers or self.rescued_requeued
+            self.overdue_cancelled
+            or self.dead_workers
+            or self.rescued_requeued
             or self.rescued_cancelled
         )
 

@@ -49,6 +49,7 @@ async def listen(
                 await conn.connect(LISTEN_QUERIES)
                 log.info("listener reconnected after %d attempt(s)", backoff.attempt)
                 backoff.reset()
+            log.debug('listening')
             demand.work_arrived()
             while True:
                 for channel, payload in await conn.wait():
@@ -63,9 +64,12 @@ async def listen(
 def _dispatch(channel: str, payload: str, demand: Demand, running: RunningJobs) -> None:
     if channel == JOBS_CHANNEL:
         demand.work_arrived()
-    elif channel == CANCEL_CHANNEL and payload.isdigit():
-        if running.cancel(JobId(int(payload)), "cancelled by the sweeper"):
-            log.info("job %s cancelled by the sweeper while running here", payload)
+    elif (
+        channel == CANCEL_CHANNEL
+        and payload.isdigit()
+        and running.cancel(JobId(int(payload)), "cancelled by the sweeper")
+    ):
+        log.info("job %s cancelled by the sweeper while running here", payload)
 
 
 async def claim_forever(
@@ -97,6 +101,7 @@ async def claim_forever(
                     await trio.sleep(delay)
                     continue
                 backoff.reset()
+                log.debug('claimed %d of %d', len(jobs), asked)
                 demand.claimed(asked, len(jobs), generation)
                 for job in jobs:
                     await send.send(job)

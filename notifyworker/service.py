@@ -65,8 +65,9 @@ class Worker:
             self._grace_over.set()
         self.stop_requested.set()
 
-    async def run(self, *, task_status: trio.TaskStatus[WorkerId] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[WorkerId] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         settings = self.settings
         url = settings.url()
         db = Database(url, size=POOL_SIZE)
@@ -83,19 +84,28 @@ class Worker:
                 with trio.CancelScope(shield=True), trio.move_on_after(FINAL_WRITE_LIMIT):
                     requeued = await db.run(store.requeue_unstarted, self.worker_id)
                     await db.run(store.unregister_worker, self.worker_id)
-                    log.info("worker %s stopped; %d unstarted job(s) handed back",
-                             self.worker_id, requeued)
+                    log.info(
+                        "worker %s stopped; %d unstarted job(s) handed back",
+                        self.worker_id,
+                        requeued,
+                    )
         finally:
             with trio.CancelScope(shield=True):
                 await db.close()
 
-    async def _pipeline(self, db: Database, root: trio.Nursery,
-                        task_status: trio.TaskStatus[WorkerId]) -> None:
+    async def _pipeline(
+        self, db: Database, root: trio.Nursery, task_status: trio.TaskStatus[WorkerId]
+    ) -> None:
         settings = self.settings
         demand = Demand(settings.concurrency)
         ctx = ConsumerContext(
-            db=db, worker_id=self.worker_id, registry=self.registry, limiter=self.limiter,
-            demand=demand, running=self.running, pacing=RunningJobs(),
+            db=db,
+            worker_id=self.worker_id,
+            registry=self.registry,
+            limiter=self.limiter,
+            demand=demand,
+            running=self.running,
+            pacing=RunningJobs(),
             backstop_grace=settings.sweep_interval + 1.0,
         )
         send, recv = trio.open_memory_channel[ClaimedJob](0)
@@ -107,14 +117,17 @@ class Worker:
                         consumers.start_soon(consume, recv.clone(), ctx)
                 async with trio.open_nursery() as publishers:
                     await publishers.start(listen, listener, demand, self.running)
-                    publishers.start_soon(claim_forever, db, self.worker_id, demand, send,
-                                          settings.poll_interval)
-                    publishers.start_soon(sweep_forever, db, settings.sweep_interval,
-                                          settings.dead_worker_after)
+                    publishers.start_soon(
+                        claim_forever, db, self.worker_id, demand, send, settings.poll_interval
+                    )
+                    publishers.start_soon(
+                        sweep_forever, db, settings.sweep_interval, settings.dead_worker_after
+                    )
                     task_status.started(self.worker_id)
                     await self.stop_requested.wait()
-                    log.info("stopping: no new claims; running jobs get %gs",
-                             settings.shutdown_grace)
+                    log.info(
+                        "stopping: no new claims; running jobs get %gs", settings.shutdown_grace
+                    )
                     ctx.stopping = True
                     ctx.pacing.cancel_all("worker stopping before the job started")
                     publishers.cancel_scope.cancel()
@@ -126,7 +139,7 @@ class Worker:
         with trio.move_on_after(self.settings.shutdown_grace):
             await self._grace_over.wait()
         cancelled = self.running.cancel_all(
-            f"cancelled at shutdown: still running after the {self.settings.shutdown_grace:g}s grace"
+            f"cancelled at shutdown: ran past the {self.settings.shutdown_grace:g}s grace period"
         )
         if cancelled:
             log.warning("grace period over: cancelling %d running job(s)", cancelled)

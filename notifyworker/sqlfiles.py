@@ -10,7 +10,7 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import LiteralString, cast
+from typing import LiteralString
 
 from notifyworker.errors import NotifyWorkerError
 
@@ -45,8 +45,8 @@ def parse_queries(text: str) -> dict[str, LiteralString]:
         statement = "\n".join(
             line for line in body.strip().splitlines() if not line.startswith("-- ")
         )
-        # The files are ours, shipped with the package: vouch for them as literal SQL.
-        queries[name] = cast(LiteralString, statement.strip())
+        # The files are ours, shipped with the package: we vouch for them as literal SQL.
+        queries[name] = statement.strip()
     return queries
 
 
@@ -69,8 +69,7 @@ def migrations() -> tuple[Migration, ...]:
         match = _MIGRATION_NAME.match(path.name)
         if match is None:
             raise NotifyWorkerError(f"migration file {path.name} is not named NNNN_name.sql")
-        text = cast(LiteralString, path.read_text(encoding="utf-8"))
-        found.append(Migration(int(match[1]), match[2], text))
+        found.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):
         raise NotifyWorkerError(f"migration versions must run 1, 2, 3…; found {versions}")

@@ -135,8 +135,13 @@ def sweep(s: Session, dead_after_seconds: float) -> SweepReport:
     )
 
 
-def enqueue(s: Session, task: str, payload: dict[str, Any], object_id: str | None = None,
-            timeout: float | None = None) -> JobId:
+def enqueue(
+    s: Session,
+    task: str,
+    payload: dict[str, Any],
+    object_id: str | None = None,
+    timeout: float | None = None,
+) -> JobId:
     params: dict[str, Any] = {"task": task, "payload": json_param(payload), "object_id": object_id}
     if timeout is None:
         row = s.one("enqueue", **params)

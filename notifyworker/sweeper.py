@@ -32,8 +32,10 @@ async def sweep_forever(db: Database, interval: float, dead_worker_after: float)
                 log.info(
                     "sweeper: %d overdue job(s) cancelled; %d dead worker(s): "
                     "%d job(s) requeued, %d cancelled",
-                    report.overdue_cancelled, report.dead_workers,
-                    report.rescued_requeued, report.rescued_cancelled,
+                    report.overdue_cancelled,
+                    report.dead_workers,
+                    report.rescued_requeued,
+                    report.rescued_cancelled,
                 )
         next_round = max(next_round + interval, trio.current_time())
         await trio.sleep_until(next_round)

@@ -95,7 +95,7 @@ def import_tasks(modules: tuple[str, ...]) -> None:
     for module in modules:
         try:
             importlib.import_module(module)
-        except Exception as exc:  # any failure of user code at import is a config error
+        except Exception as exc:  # noqa: BLE001 - any failure of user code at import is a config error
             raise ConfigError(
                 f"cannot import tasks module {module!r}: {type(exc).__name__}: {exc}"
             ) from None

@@ -12,7 +12,7 @@ from notifyworker import console, store
 from notifyworker.config import Settings
 from notifyworker.db import Database
 from notifyworker.demo import produce_forever
-from notifyworker.models import JobId, JobRow
+from notifyworker.models import JobId, JobRow, WorkerId
 from notifyworker.service import Worker, stop_on_signals
 from notifyworker.tasks import Registry
 
@@ -21,8 +21,14 @@ REFRESH_SECONDS = 0.25
 SHOWN_JOBS = 18
 
 
-async def run_up(settings: Settings, registry: Registry, demo_rate: float,
-                 duration: float | None, out: Console, live: bool) -> tuple[JobId, float]:
+async def run_up(
+    settings: Settings,
+    registry: Registry,
+    demo_rate: float,
+    duration: float | None,
+    out: Console,
+    live: bool,
+) -> tuple[JobId, float]:
     """Run until a signal (or `duration`); returns the last job id before the run and its length."""
     db = Database(settings.url(), size=2)
     await db.open()
@@ -49,8 +55,11 @@ async def run_up(settings: Settings, registry: Registry, demo_rate: float,
             await db.close()
 
 
-async def _run_worker(worker: Worker, scope: trio.CancelScope,
-                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def _run_worker(
+    worker: Worker,
+    scope: trio.CancelScope,
+    task_status: trio.TaskStatus[WorkerId] = trio.TASK_STATUS_IGNORED,
+) -> None:
     await worker.run(task_status=task_status)
     scope.cancel()
 
@@ -60,15 +69,16 @@ async def _view(db: Database, first_id: JobId, out: Console, live: bool) -> None
         with Live(console=out, auto_refresh=False, transient=False) as screen:
             while True:
                 rows = await db.run(store.latest_jobs, SHOWN_JOBS)
-                screen.update(console.job_table(rows, title="notifyworker up  (Ctrl-C stops)"),
-                              refresh=True)
+                screen.update(
+                    console.job_table(rows, title="notifyworker up  (Ctrl-C stops)"), refresh=True
+                )
                 await trio.sleep(REFRESH_SECONDS)
     else:
         # Plain output: one line per job as it reaches each new status.
         seen: dict[int, str] = {}
         while True:
-            rows: list[JobRow] = await db.run(store.latest_jobs, SHOWN_JOBS * 4)
-            for row in reversed(rows):
+            recent: list[JobRow] = await db.run(store.latest_jobs, SHOWN_JOBS * 4)
+            for row in reversed(recent):
                 if row.id > first_id and seen.get(row.id) != row.status:
                     seen[row.id] = row.status
                     print(console.plain_line(row), file=sys.stdout, flush=True)

