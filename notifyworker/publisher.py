@@ -49,7 +49,6 @@ async def listen(
                 await conn.connect(LISTEN_QUERIES)
                 log.info("listener reconnected after %d attempt(s)", backoff.attempt)
                 backoff.reset()
-            log.debug('listening')
             demand.work_arrived()
             while True:
                 for channel, payload in await conn.wait():
@@ -101,7 +100,7 @@ async def claim_forever(
                     await trio.sleep(delay)
                     continue
                 backoff.reset()
-                log.debug('claimed %d of %d', len(jobs), asked)
+                log.debug("claimed %d of %d", len(jobs), asked)
                 demand.claimed(asked, len(jobs), generation)
                 for job in jobs:
                     await send.send(job)

@@ -50,7 +50,7 @@ async def eventually(check: Callable[[], bool], *, within: float = 10.0) -> None
 
 
 def scalar(conn: psycopg.Connection[Any], query: str, *params: Any) -> Any:
-    row = conn.execute(query.encode(), params or None).fetchone()  # type: ignore[call-overload]
+    row = conn.execute(query.encode(), params or None).fetchone()
     assert row is not None
     return row[0]
 

@@ -150,16 +150,17 @@ async def test_stop_gives_running_jobs_their_grace_and_hands_back_unstarted_ones
         with trio.fail_after(5):
             await calls.ran.wait()
         await eventually(
-            lambda: scalar(
-                conn, "SELECT count(*) FROM notifyworker.jobs WHERE status = 'queued'"
-            ) == 3
+            lambda: (
+                scalar(conn, "SELECT count(*) FROM notifyworker.jobs WHERE status = 'queued'") == 3
+            )
         )
         worker.stop()
     statuses = [status(conn, job) for job in jobs]
     assert statuses == ["done", "new", "new", "new"]
     assert calls.started == [0]
     leftover = scalar(
-        conn, "SELECT count(*) FROM notifyworker.jobs WHERE worker_id IS NOT NULL AND status = 'new'"
+        conn,
+        "SELECT count(*) FROM notifyworker.jobs WHERE worker_id IS NOT NULL AND status = 'new'",
     )
     assert leftover == 0
 

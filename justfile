@@ -1,0 +1,43 @@
+# notifyworker's tasks. `just up` to watch it work, `just test` to prove it, `just check` = CI.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := ".venv"
+bin := venv / "bin"
+
+# Start everything: embedded PostgreSQL (unless DATABASE_URL is set), worker, demo, live table.
+up *args: setup
+    {{bin}}/notifyworker up {{args}}
+
+# The test suite, against DATABASE_URL if set, else an embedded PostgreSQL.
+test *args: setup
+    {{bin}}/pytest {{args}}
+
+# Lint, formatting, import layers, types and tests: exactly what CI runs.
+check: setup lint typecheck test
+
+lint: setup
+    {{bin}}/ruff check .
+    {{bin}}/ruff format --check .
+    {{bin}}/lint-imports
+
+typecheck: setup
+    {{bin}}/mypy
+
+fmt: setup
+    {{bin}}/ruff format .
+    {{bin}}/ruff check --fix .
+
+# Any notifyworker command: `just nw jobs`, `just nw enqueue sleep --payload '{"seconds": 2}'`.
+nw *args: setup
+    {{bin}}/notifyworker {{args}}
+
+# The virtual environment with the project and its dev tools; reinstalled when pyproject changes.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -x {{bin}}/python ]; then python3 -m venv {{venv}}; fi
+    if [ ! -f {{venv}}/.installed ] || [ pyproject.toml -nt {{venv}}/.installed ]; then
+        {{bin}}/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+        touch {{venv}}/.installed
+    fi

@@ -1,0 +1,36 @@
+"""Tasks for the multi-process tests: each run writes one row to a ledger table.
+
+Imported by worker processes through `notifyworker run --tasks tests.ledger_tasks`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import psycopg
+import trio
+from pydantic import BaseModel
+
+from notifyworker.tasks import task
+
+_local = threading.local()
+
+
+class Entry(BaseModel):
+    n: int
+    seconds: float = 0.0
+
+
+def _write(n: int) -> None:
+    conn = getattr(_local, "conn", None)
+    if conn is None:
+        conn = _local.conn = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
+    conn.execute("INSERT INTO ledger (n, pid) VALUES (%s, %s)", (n, os.getpid()))
+
+
+@task("ledger")
+async def ledger(payload: Entry) -> None:
+    await trio.to_thread.run_sync(_write, payload.n)
+    if payload.seconds:
+        await trio.sleep(payload.seconds)

@@ -1,0 +1,198 @@
+"""The CLI as a user meets it: one-line errors, `jobs`, and `up --duration`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.helpers import scalar
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFYWORKER_")}
+    base.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "notifyworker", *args],
+        cwd=ROOT,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("notifyworker: error: ")
+    return lines[0]
+
+
+def test_unreachable_database_is_one_line() -> None:
+    result = cli("jobs", env={"DATABASE_URL": "postgresql://nobody:s3cret@127.0.0.1:1/none"})
+    assert result.returncode == 1
+    line = one_line_error(result)
+    assert "127.0.0.1" in line
+    assert "s3cret" not in line
+
+
+def test_malformed_database_url_is_one_line() -> None:
+    result = cli("migrate", env={"DATABASE_URL": "postgresql://[::1"})
+    assert result.returncode == 1
+    one_line_error(result)
+
+
+def test_invalid_setting_is_one_line() -> None:
+    result = cli(
+        "run",
+        env={"DATABASE_URL": "postgresql://x@127.0.0.1:1/x", "NOTIFYWORKER_CONCURRENCY": "many"},
+    )
+    assert result.returncode == 2
+    assert "concurrency" in one_line_error(result)
+
+
+def test_settings_that_contradict_each_other_are_refused() -> None:
+    result = cli("run", "--rate", "-5", env={"DATABASE_URL": "postgresql://x@127.0.0.1:1/x"})
+    assert result.returncode == 2
+    assert "rate" in one_line_error(result)
+
+
+def test_unknown_tasks_module_is_one_line(database_url: str) -> None:
+    result = cli("run", "--tasks", "no_such_module", env={"DATABASE_URL": database_url})
+    assert result.returncode == 2
+    assert "no_such_module" in one_line_error(result)
+
+
+def test_run_before_migrate_says_so(empty_database_url: str) -> None:
+    result = cli("run", env={"DATABASE_URL": empty_database_url})
+    assert result.returncode == 1
+    assert "notifyworker migrate" in one_line_error(result)
+
+
+def test_enqueue_and_jobs(database_url: str, conn: psycopg.Connection[Any]) -> None:
+    env = {"DATABASE_URL": database_url}
+    made = cli(
+        "enqueue",
+        "sleep",
+        "--payload",
+        '{"seconds": 1}',
+        "--object-id",
+        "42",
+        "--timeout",
+        "3",
+        env=env,
+    )
+    assert made.returncode == 0, made.stderr
+    job_id = int(made.stdout)
+    row = conn.execute(
+        "SELECT task, payload, object_id, timeout, status FROM notifyworker.jobs WHERE id = %s",
+        (job_id,),
+    ).fetchone()
+    assert row is not None
+    assert row[:3] == ("sleep", {"seconds": 1}, "42")
+    assert row[3].total_seconds() == 3
+    assert row[4] == "new"
+    listed = cli("jobs", env=env)
+    assert listed.returncode == 0
+    assert f"id={job_id} object_id=42 task=sleep sleep=1s status=new" in listed.stdout
+
+
+def test_enqueue_with_bad_payload_loses_nothing(
+    conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    env = {"DATABASE_URL": database_url}
+    not_json = cli("enqueue", "sleep", "--payload", "{seconds: 1}", env=env)
+    not_object = cli("enqueue", "sleep", "--payload", "[1]", env=env)
+    bad_name = cli("enqueue", "no good", env=env)
+    assert [r.returncode for r in (not_json, not_object, bad_name)] == [2, 2, 1]
+    assert "not valid JSON" in one_line_error(not_json)
+    assert "JSON object" in one_line_error(not_object)
+    assert "task_is_a_name" in one_line_error(bad_name)
+    assert scalar(conn, "SELECT count(*) FROM notifyworker.jobs") == 0
+
+
+def test_up_with_a_database_url_runs_the_demo_and_summarises(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    result = cli(
+        "up",
+        "--duration",
+        "3",
+        "--demo-rate",
+        "5",
+        "--shutdown-grace",
+        "0.5",
+        env={"DATABASE_URL": database_url},
+    )
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.startswith("in 3")
+    assert "pickup latency p50" in summary
+    done = scalar(conn, "SELECT count(*) FROM notifyworker.jobs WHERE status = 'done'")
+    assert f"{done} done" in summary
+    assert done >= 3
+    # Every third demo job is stuck: the short grace cancels those still running.
+    stuck = scalar(conn, "SELECT count(*) FROM notifyworker.jobs WHERE NOT payload ? 'seconds'")
+    assert stuck >= 3
+    assert (
+        scalar(conn, "SELECT count(*) FROM notifyworker.jobs WHERE status IN ('queued', 'running')")
+        == 0
+    )
+    assert "status=done" in result.stdout  # plain lines when output is not a terminal
+
+
+def test_up_with_no_database_url_starts_an_embedded_postgres(tmp_path: Path) -> None:
+    data = tmp_path / "pg"
+    os.chmod(tmp_path, 0o755)
+    result = cli(
+        "up",
+        "--duration",
+        "2",
+        "--demo-rate",
+        "5",
+        "--shutdown-grace",
+        "0.2",
+        "--data-dir",
+        str(data),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "done" in result.stdout.strip().splitlines()[-1]
+    assert (data / "PG_VERSION").is_file()
+    # The data folder persists: a second run keeps the first run's jobs.
+    again = cli(
+        "up",
+        "--duration",
+        "1",
+        "--demo-rate",
+        "5",
+        "--shutdown-grace",
+        "0.2",
+        "--data-dir",
+        str(data),
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    first_ids, later_ids = _ids(result.stdout), _ids(again.stdout)
+    assert first_ids
+    assert later_ids
+    assert min(later_ids) > max(first_ids)  # ids go on: the table was kept
+
+
+def _ids(output: str) -> list[int]:
+    return [
+        int(line.split()[0].removeprefix("id="))
+        for line in output.splitlines()
+        if line.startswith("id=")
+    ]

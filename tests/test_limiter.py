@@ -1,0 +1,84 @@
+"""The fixed-interval limiter, on trio's virtual clock (autojump: no real sleeps)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import trio
+import trio.testing
+
+from notifyworker.limiter import FixedIntervalLimiter
+
+
+async def _starts(limiter: FixedIntervalLimiter, callers: int, each: int) -> list[float]:
+    times: list[float] = []
+
+    async def consumer() -> None:
+        for _ in range(each):
+            await limiter.wait()
+            times.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(callers):
+            nursery.start_soon(consumer)
+    return sorted(times)
+
+
+async def test_starts_are_spaced_at_the_rate_across_consumers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter = FixedIntervalLimiter(50)
+    times = await _starts(limiter, callers=10, each=10)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(times) == 100
+    assert min(gaps) == pytest.approx(0.02)
+    # Absolute deadlines: 100 starts take exactly 99 intervals, no drift.
+    assert times[-1] - times[0] == pytest.approx(99 * 0.02)
+
+
+async def test_no_burst_after_idle(autojump_clock: trio.testing.MockClock) -> None:
+    limiter = FixedIntervalLimiter(10)
+    await _starts(limiter, callers=1, each=3)
+    await trio.sleep(60)  # a long idle period must not bank any credit
+    resumed = trio.current_time()
+    times = await _starts(limiter, callers=5, each=4)
+    assert times[0] == pytest.approx(resumed)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) == pytest.approx(0.1)
+    # In any 100 ms window after the idle, at most one start.
+    assert all(sum(1 for t in times if start <= t < start + 0.1 - 1e-9) <= 1 for start in times)
+
+
+async def test_rate_changes_while_running(autojump_clock: trio.testing.MockClock) -> None:
+    limiter = FixedIntervalLimiter(10)
+    slow = await _starts(limiter, callers=2, each=5)
+    limiter.rate = 100
+    fast = await _starts(limiter, callers=2, each=5)
+    assert [round(b - a, 6) for a, b in itertools.pairwise(slow)] == [0.1] * 9
+    # The first fast start still honours the slot reserved at the old rate.
+    assert [round(b - a, 6) for a, b in itertools.pairwise(fast[1:])] == [0.01] * 8
+
+
+async def test_zero_means_unlimited(autojump_clock: trio.testing.MockClock) -> None:
+    limiter = FixedIntervalLimiter(0)
+    before = trio.current_time()
+    times = await _starts(limiter, callers=4, each=25)
+    assert times == [before] * 100
+
+
+async def test_cancelled_waiter_leaves_a_gap_not_a_burst(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter = FixedIntervalLimiter(10)
+    await limiter.wait()
+    with trio.move_on_after(0.01):
+        await limiter.wait()  # reserves the slot at +0.1, then gives up
+    start = trio.current_time()
+    await limiter.wait()
+    assert trio.current_time() - start == pytest.approx(0.19)
+
+
+def test_negative_rate_is_refused() -> None:
+    with pytest.raises(ValueError, match="rate must be"):
+        FixedIntervalLimiter(-1)

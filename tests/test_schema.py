@@ -1,0 +1,112 @@
+"""The schema: migrations are idempotent and concurrent-safe, constraints reject bad rows,
+the trigger notifies once per statement, and every named query is used and exists."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import psycopg.errors
+import pytest
+
+from notifyworker import db, sqlfiles, store
+from notifyworker.errors import RowRejected
+from tests.helpers import scalar
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_migrate_twice_is_harmless(empty_database_url: str) -> None:
+    first = db.run_once(empty_database_url, store.migrate)
+    second = db.run_once(empty_database_url, store.migrate)
+    assert first == [f"{m.version:04d}_{m.name}" for m in sqlfiles.migrations()]
+    assert second == []
+    assert db.run_once(empty_database_url, store.pending_migrations) == []
+
+
+def test_migrate_from_two_processes_at_once(empty_database_url: str) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "notifyworker",
+        "migrate",
+        "--database-url",
+        empty_database_url,
+    ]
+    processes = [
+        subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=60) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    said = sorted(out.strip() for out, _ in outputs)
+    assert said[0].startswith("applied 0001_")
+    assert said[1] == "schema is up to date"
+    with psycopg.connect(empty_database_url) as conn:
+        versions = scalar(conn, "SELECT count(*) FROM notifyworker.migrations")
+    assert versions == len(sqlfiles.migrations())
+
+
+@pytest.mark.parametrize(
+    ("columns", "values", "constraint"),
+    [
+        ("task, payload", "'has spaces', '{}'", "task_is_a_name"),
+        ("task, payload", "'', '{}'", "task_is_a_name"),
+        ("task, payload", "'sleep', '[1, 2]'", "payload_is_an_object"),
+        ("task, status", "'sleep', 'finished'", "status_is_known"),
+        ("task, timeout", "'sleep', '-1 second'", "timeout_is_positive"),
+        ("task, attempts", "'sleep', -1", "attempts_not_negative"),
+        ("task, status", "'sleep', 'running'", "active_has_worker"),
+        ("task, status", "'sleep', 'done'", "finished_has_finished_at"),
+    ],
+)
+def test_malformed_insert_is_rejected_by_a_named_constraint(
+    conn: psycopg.Connection[Any], columns: str, values: str, constraint: str
+) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation, match=constraint):
+        conn.execute(f"INSERT INTO notifyworker.jobs ({columns}) VALUES ({values})".encode())
+
+
+def test_missing_task_is_rejected(conn: psycopg.Connection[Any]) -> None:
+    with pytest.raises(psycopg.errors.NotNullViolation, match='"task"'):
+        conn.execute("INSERT INTO notifyworker.jobs (payload) VALUES ('{}')")
+
+
+def test_rejection_reaches_the_cli_as_row_rejected(database_url: str) -> None:
+    with pytest.raises(RowRejected, match="task_is_a_name"):
+        db.run_once(database_url, store.enqueue, "bad name", {})
+
+
+def test_trigger_notifies_once_per_statement(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute("LISTEN notifyworker_jobs")
+        conn.execute(
+            "INSERT INTO notifyworker.jobs (task) SELECT 'sleep' FROM generate_series(1, 1000)"
+        )
+        conn.execute("INSERT INTO notifyworker.jobs (task) VALUES ('sleep')")
+        got = list(listener.notifies(timeout=1.0))
+    assert [(n.channel, n.payload) for n in got] == [("notifyworker_jobs", "inserted")] * 2
+
+
+def test_every_named_query_exists_and_is_used() -> None:
+    source = "\n".join(p.read_text() for p in (ROOT / "notifyworker").glob("*.py"))
+    used = set(re.findall(r"""(?:rows|one|execute|query)\(\s*"([a-z0-9_]+)\"""", source))
+    used |= set(re.findall(r'"(listen_[a-z]+)"', source))
+    defined = set(sqlfiles.queries())
+    assert used - defined == set()
+    assert defined - used == set()
+
+
+def test_query_file_parser() -> None:
+    parsed = sqlfiles.parse_queries(
+        "-- header\n\n-- first --\n-- what it does\nSELECT 1;\n\n-- second --\nSELECT\n  2;\n"
+    )
+    assert parsed == {"first": "SELECT 1;", "second": "SELECT\n  2;"}
