@@ -159,7 +159,9 @@ class Database:
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]] = (
             psycopg_pool.ConnectionPool(
                 url,
-                min_size=1,
+                # All connections up front: a pool growing on demand made the
+                # first busy second pay for connection set-up in pickup latency.
+                min_size=size,
                 max_size=size,
                 open=False,
                 timeout=POOL_TIMEOUT,

