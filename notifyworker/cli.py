@@ -37,19 +37,19 @@ app = typer.Typer(
 
 DatabaseUrl = Annotated[
     str | None,
-    typer.Option("--database-url", help="PostgreSQL URL [env: DATABASE_URL].", show_default=False),
+    typer.Option("--database-url", help="PostgreSQL URL (env: DATABASE_URL).", show_default=False),
 ]
-Concurrency = Annotated[int | None, typer.Option(help="Jobs run at once [default: 10].")]
+Concurrency = Annotated[int | None, typer.Option(help="Jobs run at once (default: 10).")]
 Rate = Annotated[
     float | None,
-    typer.Option(help="Job starts per second in this process, 0 = unlimited [default: 50]."),
+    typer.Option(help="Job starts per second in this process, 0 = unlimited (default: 50)."),
 ]
 PollInterval = Annotated[
     float | None,
-    typer.Option(help="Seconds between claims when no notification comes [default: 1]."),
+    typer.Option(help="Seconds between claims when no notification comes (default: 1)."),
 ]
 ShutdownGrace = Annotated[
-    float | None, typer.Option(help="Seconds running jobs get on SIGTERM [default: 10].")
+    float | None, typer.Option(help="Seconds running jobs get on SIGTERM (default: 10).")
 ]
 Tasks = Annotated[
     list[str] | None,
@@ -134,7 +134,7 @@ def up(
     demo_rate: Annotated[float, typer.Option(help="Demo jobs inserted per second.")] = 2.0,
     data_dir: Annotated[
         Path | None,
-        typer.Option(help="Data folder of the embedded PostgreSQL [default: .notifyworker/pg]."),
+        typer.Option(help="Data folder of the embedded PostgreSQL (default: .notifyworker/pg)."),
     ] = None,
     database_url: DatabaseUrl = None,
     concurrency: Concurrency = None,
@@ -187,7 +187,7 @@ def enqueue(
     payload: Annotated[str, typer.Option(help="JSON object passed to the task.")] = "{}",
     object_id: Annotated[str | None, typer.Option(help="Your own reference.")] = None,
     timeout: Annotated[
-        float | None, typer.Option(help="Seconds the job may run [default: the table's, 10].")
+        float | None, typer.Option(help="Seconds the job may run (default: the table's, 10).")
     ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
