@@ -28,6 +28,7 @@ from notifyworker.config import Settings
 from notifyworker.consumer import ConsumerContext, consume
 from notifyworker.coordination import Demand, RunningJobs
 from notifyworker.db import Database, ListenConnection, redact
+from notifyworker.errors import DatabaseError
 from notifyworker.heartbeat import beat_forever, register
 from notifyworker.limiter import FixedIntervalLimiter
 from notifyworker.models import ClaimedJob, WorkerId
@@ -84,13 +85,7 @@ class Worker:
                     root.cancel_scope.cancel()
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(FINAL_WRITE_LIMIT):
-                    requeued = await db.run(store.requeue_unstarted, self.worker_id)
-                    await db.run(store.unregister_worker, self.worker_id)
-                    log.info(
-                        "worker %s stopped; %d unstarted job(s) handed back",
-                        self.worker_id,
-                        requeued,
-                    )
+                    await self._sign_off(db)
         finally:
             with trio.CancelScope(shield=True):
                 await db.close()
@@ -141,6 +136,17 @@ class Worker:
                 watchers.cancel_scope.cancel()
         finally:
             listener.close()
+
+    async def _sign_off(self, db: Database) -> None:
+        try:
+            requeued = await db.run(store.requeue_unstarted, self.worker_id)
+            await db.run(store.unregister_worker, self.worker_id)
+        except DatabaseError as exc:
+            # Nothing is lost: this worker's row stops heart-beating, and the
+            # sweeper of another replica (or of the next start) rescues its jobs.
+            log.warning("could not sign off (%s); the sweeper will rescue this worker's jobs", exc)
+        else:
+            log.info("worker %s stopped; %d unstarted job(s) handed back", self.worker_id, requeued)
 
     async def _grace_timer(self) -> None:
         with trio.move_on_after(self.settings.shutdown_grace):

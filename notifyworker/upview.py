@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import trio
@@ -12,9 +13,12 @@ from notifyworker import console, store
 from notifyworker.config import Settings
 from notifyworker.db import Database
 from notifyworker.demo import produce_forever
+from notifyworker.errors import ConnectionLost
 from notifyworker.models import JobId, JobRow, WorkerId
 from notifyworker.service import Worker, stop_on_signals
 from notifyworker.tasks import Registry
+
+log = logging.getLogger(__name__)
 
 # How often the view reads the table, and how many of the latest jobs it shows.
 REFRESH_SECONDS = 0.25
@@ -64,11 +68,22 @@ async def _run_worker(
     scope.cancel()
 
 
+async def _latest(db: Database, limit: int) -> list[JobRow] | None:
+    try:
+        return await db.run(store.latest_jobs, limit)
+    except ConnectionLost as exc:
+        log.warning("view: %s", exc)
+        return None
+
+
 async def _view(db: Database, first_id: JobId, out: Console, live: bool) -> None:
     if live:
         with Live(console=out, auto_refresh=False, transient=False) as screen:
             while True:
-                rows = await db.run(store.latest_jobs, SHOWN_JOBS)
+                rows = await _latest(db, SHOWN_JOBS)
+                if rows is None:
+                    await trio.sleep(REFRESH_SECONDS)
+                    continue
                 screen.update(
                     console.job_table(rows, title="notifyworker up  (Ctrl-C stops)"), refresh=True
                 )
@@ -77,7 +92,7 @@ async def _view(db: Database, first_id: JobId, out: Console, live: bool) -> None
         # Plain output: one line per job as it reaches each new status.
         seen: dict[int, str] = {}
         while True:
-            recent: list[JobRow] = await db.run(store.latest_jobs, SHOWN_JOBS * 4)
+            recent = await _latest(db, SHOWN_JOBS * 4) or []
             for row in reversed(recent):
                 if row.id > first_id and seen.get(row.id) != row.status:
                     seen[row.id] = row.status
