@@ -1,50 +1,42 @@
 """Consumers: pace each start with the limiter, run the handler, record the outcome.
 
-Every job a consumer takes ends in exactly one recorded outcome (or, when the
-worker stops before starting it, stays `queued` for the service to requeue):
-the outcome is written under a shield, so even a cancelled handler's job is
-marked as such rather than left `running`.
+Every job a consumer takes ends in exactly one outcome handed to the recorder
+(or, when the worker stops before starting it, stays `queued` for the service
+to requeue). Consumers never wait on the database: marks are buffered, so even
+a handler cancelled from outside gets its outcome recorded.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from datetime import datetime
+from typing import Any
 
 import trio
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from notifyworker import store
-from notifyworker.backoff import Backoff
 from notifyworker.coordination import Demand, RunningJobs
-from notifyworker.db import Database, Session
-from notifyworker.errors import ConnectionLost, DatabaseError, TaskError
+from notifyworker.errors import TaskError
 from notifyworker.limiter import FixedIntervalLimiter
-from notifyworker.models import ClaimedJob, Outcome, WorkerId
+from notifyworker.models import ClaimedJob, Outcome
+from notifyworker.recorder import Recorder
 from notifyworker.tasks import Registry
 
 log = logging.getLogger(__name__)
 
-P = ParamSpec("P")
-T = TypeVar("T")
 
 # Longest error text stored on a job; a handler's exception may be huge.
 MAX_ERROR_CHARS = 2000
-# How long recording one outcome may keep retrying through a database outage
-# before the job is left for the sweeper (dead-worker or deadline rescue).
-RECORD_PATIENCE = 30.0
 
 
 @dataclass
 class ConsumerContext:
     """What every consumer of one worker shares."""
 
-    db: Database
-    worker_id: WorkerId
     registry: Registry
+    recorder: Recorder
     limiter: FixedIntervalLimiter
     demand: Demand
     running: RunningJobs
@@ -81,10 +73,9 @@ async def _run_one(job: ClaimedJob, ctx: ConsumerContext) -> None:
         task = ctx.registry.get(job.task)
         payload = task.parse(job.payload)
     except TaskError as exc:
-        await _record(job, Outcome("failed", error=str(exc)), ctx)
+        _finished(job, Outcome("failed", error=str(exc)), None, ctx)
         return
-    if not await _with_retries(ctx, store.start, ctx.worker_id, job.id):
-        return  # the sweeper rescued it first: no longer ours to run
+    started_at = ctx.recorder.started(job.id)
     outcome: Outcome | None = None
     try:
         with trio.CancelScope() as scope:
@@ -105,8 +96,17 @@ async def _run_one(job: ClaimedJob, ctx: ConsumerContext) -> None:
     finally:
         # Cancelled from outside (the worker stopped hard): still say so.
         outcome = outcome or Outcome("cancelled", error="worker stopped while the job ran")
-        with trio.CancelScope(shield=True):
-            await _record(job, outcome, ctx)
+        _finished(job, outcome, started_at, ctx)
+
+
+def _finished(
+    job: ClaimedJob, outcome: Outcome, started_at: datetime | None, ctx: ConsumerContext
+) -> None:
+    ctx.recorder.finished(job.id, outcome, started_at)
+    if outcome.status == "done":
+        log.info("job %s %s done", job.id, job.task)
+    else:
+        log.warning("job %s %s %s: %s", job.id, job.task, outcome.status, outcome.error)
 
 
 def _done(result: Any) -> Outcome:
@@ -126,44 +126,3 @@ def _done(result: Any) -> Outcome:
 def _describe(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return text[:MAX_ERROR_CHARS]
-
-
-async def _record(job: ClaimedJob, outcome: Outcome, ctx: ConsumerContext) -> None:
-    with trio.move_on_after(RECORD_PATIENCE) as patience:
-        try:
-            recorded = await _with_retries(ctx, store.finish, ctx.worker_id, job.id, outcome)
-        except DatabaseError as exc:
-            # PostgreSQL refused this outcome (say, a result it cannot store):
-            # record the refusal instead, so the job still ends.
-            refused = Outcome("failed", error=f"could not record the outcome: {exc}")
-            recorded = await _with_retries(ctx, store.finish, ctx.worker_id, job.id, refused)
-    if patience.cancelled_caught:
-        log.error("job %s: could not record %s; the sweeper will rescue it", job.id, outcome.status)
-        return
-    level = logging.INFO if outcome.status == "done" else logging.WARNING
-    if recorded:
-        log.log(
-            level,
-            "job %s %s %s%s",
-            job.id,
-            job.task,
-            outcome.status,
-            f": {outcome.error}" if outcome.error else "",
-        )
-
-
-async def _with_retries(
-    ctx: ConsumerContext,
-    fn: Callable[Concatenate[Session, P], T],
-    *args: P.args,
-    **kwargs: P.kwargs,
-) -> T:
-    """Run a unit of work, retrying through a lost connection (the caller bounds it)."""
-    backoff = Backoff()
-    while True:
-        try:
-            return await ctx.db.run(fn, *args, **kwargs)
-        except ConnectionLost as exc:
-            delay = backoff.next_delay()
-            log.warning("database unavailable (%s); retrying in %.2fs", exc, delay)
-            await trio.sleep(delay)

@@ -37,6 +37,24 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class StartMark:
+    """A job's handler started at `at` (the worker's clock)."""
+
+    job_id: JobId
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FinishMark:
+    """A job ended at `at`; `started_at` is None when no handler ever ran."""
+
+    job_id: JobId
+    outcome: Outcome
+    started_at: datetime | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class JobRow:
     """A row of the classic job table."""
 

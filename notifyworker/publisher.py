@@ -19,6 +19,7 @@ from notifyworker.coordination import Demand, RunningJobs
 from notifyworker.db import Database, ListenConnection
 from notifyworker.errors import ConnectionLost
 from notifyworker.models import ClaimedJob, JobId, WorkerId
+from notifyworker.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ async def claim_forever(
     db: Database,
     worker_id: WorkerId,
     demand: Demand,
+    recorder: Recorder,
     send: trio.MemorySendChannel[ClaimedJob],
     poll_interval: float,
 ) -> NoReturn:
@@ -91,6 +93,7 @@ async def claim_forever(
             if poll.cancelled_caught:
                 demand.work_arrived(wake=False)  # the claim follows right here
             while demand.free > 0 and demand.more_waiting:
+                await recorder.below_limit()
                 asked, generation = demand.free, demand.generation
                 try:
                     jobs = await db.run(store.claim, worker_id, asked)

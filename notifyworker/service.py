@@ -3,7 +3,7 @@
     root nursery
     ├── heartbeat                      (until the very end)
     ├── grace timer                    (once a stop is asked)
-    └── watchers nursery               (listener, sweeper)
+    └── watchers nursery               (listener, sweeper, recorder)
         └── consumers nursery          (`concurrency` consumers)
             └── claiming nursery       (the claimer)
 
@@ -33,6 +33,7 @@ from notifyworker.heartbeat import beat_forever, register
 from notifyworker.limiter import FixedIntervalLimiter
 from notifyworker.models import ClaimedJob, WorkerId
 from notifyworker.publisher import claim_forever, listen
+from notifyworker.recorder import Recorder
 from notifyworker.sweeper import sweep_forever
 from notifyworker.tasks import Registry
 
@@ -95,10 +96,10 @@ class Worker:
     ) -> None:
         settings = self.settings
         demand = Demand(settings.concurrency)
+        recorder = Recorder(db, self.worker_id, self.running)
         ctx = ConsumerContext(
-            db=db,
-            worker_id=self.worker_id,
             registry=self.registry,
+            recorder=recorder,
             limiter=self.limiter,
             demand=demand,
             running=self.running,
@@ -115,13 +116,20 @@ class Worker:
                 watchers.start_soon(
                     sweep_forever, db, settings.sweep_interval, settings.dead_worker_after
                 )
+                watchers.start_soon(recorder.flush_forever)
                 async with trio.open_nursery() as consumers:
                     async with recv:
                         for _ in range(settings.concurrency):
                             consumers.start_soon(consume, recv.clone(), ctx)
                     async with trio.open_nursery() as claiming:
                         claiming.start_soon(
-                            claim_forever, db, self.worker_id, demand, send, settings.poll_interval
+                            claim_forever,
+                            db,
+                            self.worker_id,
+                            demand,
+                            recorder,
+                            send,
+                            settings.poll_interval,
                         )
                         task_status.started(self.worker_id)
                         await self.stop_requested.wait()
@@ -133,6 +141,9 @@ class Worker:
                         ctx.pacing.cancel_all("worker stopping before the job started")
                         claiming.cancel_scope.cancel()
                     root.start_soon(self._grace_timer)
+                # Every outcome is in the table before this worker signs off.
+                with trio.move_on_after(FINAL_WRITE_LIMIT):
+                    await recorder.flush()
                 watchers.cancel_scope.cancel()
         finally:
             listener.close()

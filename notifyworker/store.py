@@ -12,9 +12,10 @@ from typing import Any
 from notifyworker.db import Session, json_param
 from notifyworker.models import (
     ClaimedJob,
+    FinishMark,
     JobId,
     JobRow,
-    Outcome,
+    StartMark,
     Summary,
     SweepReport,
     WorkerId,
@@ -84,22 +85,45 @@ def claim(s: Session, worker_id: WorkerId, limit: int) -> list[ClaimedJob]:
     return jobs
 
 
-def start(s: Session, worker_id: WorkerId, job_id: JobId) -> bool:
-    """Mark running; False when the job is no longer this worker's to run."""
-    return s.one("start", worker_id=worker_id, id=job_id) is not None
+def record_marks(
+    s: Session, worker_id: WorkerId, starts: list[StartMark], finishes: list[FinishMark]
+) -> set[JobId]:
+    """Flush buffered marks in one transaction; the ids no longer this worker's.
 
-
-def finish(s: Session, worker_id: WorkerId, job_id: JobId, outcome: Outcome) -> bool:
-    """Record the outcome; False when the sweeper had already decided it."""
-    row = s.one(
-        "finish",
-        worker_id=worker_id,
-        id=job_id,
-        status=outcome.status,
-        result=None if outcome.result is None else json_param(outcome.result),
-        error=outcome.error,
-    )
-    return row is not None
+    Start marks alone commit asynchronously: lost in a server crash, the job
+    is still `queued` on this worker and its outcome, or a rescue, follows.
+    Outcomes always wait for the WAL flush.
+    """
+    refused: set[JobId] = set()
+    with s.transaction():
+        if not finishes:
+            s.execute("async_commit")
+        if starts:
+            ids = [mark.job_id for mark in starts]
+            marked = s.rows(
+                "mark_started",
+                worker_id=worker_id,
+                ids=ids,
+                started_at=[mark.at for mark in starts],
+            )
+            refused.update(set(ids) - {JobId(row["id"]) for row in marked})
+        if finishes:
+            ids = [mark.job_id for mark in finishes]
+            marked = s.rows(
+                "mark_finished",
+                worker_id=worker_id,
+                ids=ids,
+                statuses=[mark.outcome.status for mark in finishes],
+                started_at=[mark.started_at for mark in finishes],
+                finished_at=[mark.at for mark in finishes],
+                results=[
+                    None if mark.outcome.result is None else json_param(mark.outcome.result)
+                    for mark in finishes
+                ],
+                errors=[mark.outcome.error for mark in finishes],
+            )
+            refused.update(set(ids) - {JobId(row["id"]) for row in marked})
+    return refused
 
 
 def requeue_unstarted(s: Session, worker_id: WorkerId) -> int:

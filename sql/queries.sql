@@ -65,25 +65,40 @@ FROM picked
 WHERE j.id = picked.id
 RETURNING j.id, j.task, j.payload, j.object_id, j.timeout, j.attempts, j.created_at;
 
--- start --
--- Marks a claimed job running, only while this worker still holds it: a
--- sweeper that rescued the job first wins, and the worker skips it.
-UPDATE notifyworker.jobs
-SET status = 'running', started_at = clock_timestamp(), attempts = attempts + 1
-WHERE id = %(id)s AND worker_id = %(worker_id)s AND status = 'queued'
-RETURNING started_at;
+-- async_commit --
+-- For transactions whose loss in a server crash costs at most a re-run (a
+-- claim, a start mark): they skip the WAL flush wait. Never used when the
+-- transaction records an outcome.
+SET LOCAL synchronous_commit = off;
 
--- finish --
--- Records a job's outcome, only while this worker still holds it: when the
--- sweeper cancelled it first, its verdict stands.
-UPDATE notifyworker.jobs
-SET status = %(status)s,
-    finished_at = clock_timestamp(),
-    cancelled_at = CASE WHEN %(status)s = 'cancelled' THEN clock_timestamp() END,
-    result = %(result)s,
-    error = %(error)s
-WHERE id = %(id)s AND worker_id = %(worker_id)s AND status IN ('queued', 'running')
-RETURNING id;
+-- mark_started --
+-- Marks a batch of claimed jobs running, with the worker's own start times,
+-- only while this worker still holds them: a sweeper that rescued a job
+-- first wins, and the worker cancels its handler.
+UPDATE notifyworker.jobs AS j
+SET status = 'running', started_at = m.started_at, attempts = j.attempts + 1
+FROM unnest(%(ids)s::bigint[], %(started_at)s::timestamptz[]) AS m (id, started_at)
+WHERE j.id = m.id AND j.worker_id = %(worker_id)s AND j.status = 'queued'
+RETURNING j.id;
+
+-- mark_finished --
+-- Records a batch of outcomes, only while this worker still holds the jobs:
+-- when the sweeper decided first, its verdict stands. A job whose start mark
+-- was never flushed (it ended within one flush) gets its start here too.
+UPDATE notifyworker.jobs AS j
+SET status = m.status,
+    started_at = coalesce(j.started_at, m.started_at),
+    attempts = j.attempts + (j.status = 'queued' AND m.started_at IS NOT NULL)::integer,
+    finished_at = m.finished_at,
+    cancelled_at = CASE WHEN m.status = 'cancelled' THEN m.finished_at END,
+    result = m.result,
+    error = m.error
+FROM unnest(
+    %(ids)s::bigint[], %(statuses)s::text[], %(started_at)s::timestamptz[],
+    %(finished_at)s::timestamptz[], %(results)s::jsonb[], %(errors)s::text[]
+) AS m (id, status, started_at, finished_at, result, error)
+WHERE j.id = m.id AND j.worker_id = %(worker_id)s AND j.status IN ('queued', 'running')
+RETURNING j.id;
 
 -- requeue_unstarted --
 -- On shutdown, hands jobs this worker claimed but never started back to the

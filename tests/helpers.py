@@ -70,6 +70,7 @@ class Calls:
         self.registry.add("record", self._record)
         self.registry.add("hang", self._hang)
         self.registry.add("boom", self._boom)
+        self.registry.add("nul", self._nul)
 
     async def _record(self, payload: Numbered) -> dict[str, int]:
         self.started.append(payload.n)
@@ -86,6 +87,9 @@ class Calls:
         except trio.Cancelled:
             self.cancelled.append(payload.n)
             raise
+
+    async def _nul(self, payload: Nothing) -> str:
+        return "a NUL \u0000 that jsonb refuses"
 
     async def _boom(self, payload: Nothing) -> None:
         raise RuntimeError("the handler broke")

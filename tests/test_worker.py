@@ -123,8 +123,9 @@ async def test_unknown_task_and_invalid_payload_fail_and_the_worker_goes_on(
         unknown = insert(conn, "no_such_task")
         invalid = insert(conn, "record", '{"n": "not a number"}')
         broken = insert(conn, "boom")
+        unstorable = insert(conn, "nul")
         fine = insert(conn, "record", '{"n": 9}')
-        for job in (unknown, invalid, broken, fine):
+        for job in (unknown, invalid, broken, unstorable, fine):
             await eventually(lambda job=job: final(conn, job))  # type: ignore[misc]
     rows = dict(
         conn.execute("SELECT id, (status, error) FROM notifyworker.jobs ORDER BY id").fetchall()
@@ -135,6 +136,9 @@ async def test_unknown_task_and_invalid_payload_fail_and_the_worker_goes_on(
     assert "invalid payload for task 'record'" in rows[invalid][1]
     assert "n:" in rows[invalid][1]
     assert rows[broken] == ("failed", "RuntimeError: the handler broke")
+    assert rows[unstorable][0] == "failed"
+    assert "could not record the outcome" in rows[unstorable][1]
+    assert "unsupported Unicode escape sequence" in rows[unstorable][1]
     assert rows[fine] == ("done", None)
     assert calls.started == [9]
 
