@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 from pydantic_core import PydanticSerializationError, to_jsonable_python
@@ -43,32 +43,49 @@ class ConsumerContext:
     # Jobs waiting for their start slot: cancelled at once when the worker stops.
     pacing: RunningJobs
     # A job that outlives its timeout by this much is cancelled here even if
-    # the sweeper (the authority on deadlines) never said so.
+    # the sweeper (the authority on deadlines) never said so (watch_deadlines).
     backstop_grace: float
     stopping: bool = False
 
 
 async def consume(recv: trio.MemoryReceiveChannel[ClaimedJob], ctx: ConsumerContext) -> None:
-    """Run jobs until the channel closes (the publishers stopped)."""
+    """Run jobs until the channel closes (the claimer stopped)."""
     async with recv:
-        async for job in recv:
-            try:
-                await _run_one(job, ctx)
-            finally:
-                ctx.demand.released()
+        while True:
+            # One cancel scope serves job after job: entering a scope per job
+            # cost more than a no-op job itself. Cancelling a job cancels its
+            # consumer's scope, which ends here; the next job gets a fresh one.
+            with trio.CancelScope() as scope:
+                while not scope.cancel_called:
+                    try:
+                        job = recv.receive_nowait()  # no task switch while jobs are waiting
+                    except trio.WouldBlock:
+                        try:
+                            job = await recv.receive()
+                        except trio.EndOfChannel:
+                            return
+                    except trio.EndOfChannel:
+                        return
+                    try:
+                        await _run_one(job, scope, ctx)
+                    finally:
+                        ctx.demand.released()
 
 
-async def _run_one(job: ClaimedJob, ctx: ConsumerContext) -> None:
+async def _run_one(job: ClaimedJob, scope: trio.CancelScope, ctx: ConsumerContext) -> None:
     if ctx.stopping:
         return  # left queued: the service hands it back on the way out
-    with trio.CancelScope() as pacing:
-        ctx.pacing.add(job.id, pacing)
-        try:
-            await ctx.limiter.wait()
-        finally:
-            ctx.pacing.remove(job.id)
-    if pacing.cancelled_caught or ctx.stopping:
-        return
+    slot = ctx.limiter.reserve()
+    if slot > trio.current_time():
+        # Only a job that must wait for its slot needs a scope the stop can cancel.
+        with trio.CancelScope() as pacing:
+            ctx.pacing.add(job.id, pacing)
+            try:
+                await trio.sleep_until(slot)
+            finally:
+                ctx.pacing.remove(job.id)
+        if pacing.cancelled_caught or ctx.stopping:
+            return
     try:
         task = ctx.registry.get(job.task)
         payload = task.parse(job.payload)
@@ -76,27 +93,33 @@ async def _run_one(job: ClaimedJob, ctx: ConsumerContext) -> None:
         _finished(job, Outcome("failed", error=str(exc)), None, ctx)
         return
     started_at = ctx.recorder.started(job.id)
+    ctx.running.add(job.id, scope, trio.current_time() + job.timeout + ctx.backstop_grace)
     outcome: Outcome | None = None
     try:
-        with trio.CancelScope() as scope:
-            scope.deadline = trio.current_time() + job.timeout.total_seconds() + ctx.backstop_grace
-            ctx.running.add(job.id, scope)
-            try:
-                result = await task.handler(payload)
-            except Exception as exc:  # noqa: BLE001 - a handler's failure is the job's, not the worker's
-                outcome = Outcome("failed", error=_describe(exc))
-            else:
-                outcome = _done(result)
-            finally:
-                reason = ctx.running.remove(job.id)
-        if scope.cancelled_caught:
-            outcome = Outcome(
-                "cancelled", error=reason or f"timed out: ran longer than {job.timeout}"
-            )
+        result = await task.handler(payload)
+    except Exception as exc:  # noqa: BLE001 - a handler's failure is the job's, not the worker's
+        outcome = Outcome("failed", error=_describe(exc))
+    else:
+        outcome = _done(result)
     finally:
-        # Cancelled from outside (the worker stopped hard): still say so.
-        outcome = outcome or Outcome("cancelled", error="worker stopped while the job ran")
+        reason = ctx.running.remove(job.id)
+        if outcome is None:
+            # Cancelled: by the sweeper, the watchdog or the grace period (a
+            # reason is given), or from outside when the worker stops hard.
+            outcome = Outcome("cancelled", error=reason or "worker stopped while the job ran")
         _finished(job, outcome, started_at, ctx)
+
+
+async def watch_deadlines(running: RunningJobs, interval: float) -> NoReturn:
+    """Cancel jobs that outlive their timeout by the backstop grace.
+
+    The sweeper is the authority on deadlines and normally cancels first;
+    this catches a job the sweeper cannot reach (the database is away).
+    """
+    while True:
+        await trio.sleep(interval)
+        for job_id in running.overdue(trio.current_time()):
+            running.cancel(job_id, "timed out: ran past its timeout (cancelled by the worker)")
 
 
 def _finished(
@@ -110,6 +133,8 @@ def _finished(
 
 
 def _done(result: Any) -> Outcome:
+    if result is None:
+        return Outcome("done")
     try:
         value = to_jsonable_python(result)
         json.dumps(value, allow_nan=False)

@@ -6,6 +6,8 @@ read and its write, so there is nothing to race.
 
 from __future__ import annotations
 
+import math
+
 import trio
 
 from notifyworker.models import JobId
@@ -56,19 +58,25 @@ class Demand:
 
 
 class RunningJobs:
-    """The cancel scope of each job this worker is running, so it can be cancelled."""
+    """The cancel scope (and local deadline) of each job running here, so it can be cancelled."""
 
     def __init__(self) -> None:
         self._scopes: dict[JobId, trio.CancelScope] = {}
+        self._deadlines: dict[JobId, float] = {}
         self._reasons: dict[JobId, str] = {}
 
-    def add(self, job_id: JobId, scope: trio.CancelScope) -> None:
+    def add(self, job_id: JobId, scope: trio.CancelScope, deadline: float = math.inf) -> None:
         self._scopes[job_id] = scope
+        self._deadlines[job_id] = deadline
 
     def remove(self, job_id: JobId) -> str | None:
         """Forget the job; the reason it was cancelled, if it was."""
         self._scopes.pop(job_id, None)
+        self._deadlines.pop(job_id, None)
         return self._reasons.pop(job_id, None)
+
+    def overdue(self, now: float) -> list[JobId]:
+        return [job_id for job_id, deadline in self._deadlines.items() if deadline <= now]
 
     def cancel(self, job_id: JobId, reason: str) -> bool:
         scope = self._scopes.get(job_id)

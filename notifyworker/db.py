@@ -17,9 +17,12 @@ from collections.abc import Callable, Iterator
 from typing import Any, Concatenate, LiteralString, ParamSpec, TypeVar
 
 import psycopg
+import psycopg.abc
 import psycopg.errors
 import psycopg_pool
 import trio
+from psycopg import pq
+from psycopg.adapt import Transformer
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -39,6 +42,11 @@ Row = dict[str, Any]
 POOL_TIMEOUT = 5.0
 # libpq's own connect timeout, so a wrong host fails in seconds, not minutes.
 CONNECT_TIMEOUT = 5
+# Longest a statement on the event loop may take before its connection is
+# declared lost (it runs shielded, so a stop waits at most this long).
+DIRECT_STATEMENT_LIMIT = 5.0
+
+_NAMED_PARAM = re.compile(r"%\((\w+)\)s")
 
 
 def json_param(value: Any) -> Jsonb:
@@ -246,3 +254,83 @@ class ListenConnection:
 
     def backend_pid(self) -> int:
         return self._require().info.backend_pid
+
+
+class DirectStatement:
+    """One named statement on a dedicated connection, run on the event loop.
+
+    The hot path's statement (the claim) skips the thread hop: it is sent
+    through libpq's non-blocking API (`conn.pgconn`), trio waits on the socket,
+    and psycopg's own loaders turn the result into Python values. The
+    statement is prepared once per connection; `setup` names statements run
+    once after connecting (session settings).
+    """
+
+    def __init__(self, url: str, name: str, setup: tuple[str, ...] = ()) -> None:
+        self.url = url
+        self._setup = setup
+        text = query(name)
+        self._params = _NAMED_PARAM.findall(text)
+        numbered = _NAMED_PARAM.sub(lambda m: f"${self._params.index(m[1]) + 1}", text)
+        self._sql = numbered.replace("%%", "%").encode()
+        self._statement = f"notifyworker_{name}".encode()
+        self._conn: psycopg.Connection[Row] | None = None
+        self._loader: psycopg.abc.Transformer | None = None
+
+    async def run(self, **params: Any) -> list[Row]:
+        """Execute with `params`; rows as dicts. ConnectionLost when it fails."""
+        if self._conn is None:
+            self._conn = await trio.to_thread.run_sync(self._connect_sync)
+            self._loader = Transformer(self._conn)
+        values = [None if params[p] is None else str(params[p]).encode() for p in self._params]
+        try:
+            with trio.CancelScope(shield=True), trio.fail_after(DIRECT_STATEMENT_LIMIT):
+                rows = await self._execute(values)
+        except (psycopg.Error, trio.TooSlowError, OSError) as exc:
+            self.close()
+            if isinstance(exc, psycopg.Error) and not isinstance(exc, psycopg.OperationalError):
+                raise translate(exc, self.url) from None
+            raise errors.ConnectionLost(_one_line(exc, self.url) or "statement timed out") from None
+        return rows
+
+    async def _execute(self, values: list[bytes | None]) -> list[Row]:
+        assert self._conn is not None
+        assert self._loader is not None
+        pg = self._conn.pgconn
+        pg.send_query_prepared(self._statement, values)
+        while pg.flush():
+            await trio.lowlevel.wait_writable(pg.socket)
+        rows: list[Row] = []
+        while True:
+            while pg.is_busy():
+                await trio.lowlevel.wait_readable(pg.socket)
+                pg.consume_input()
+            result = pg.get_result()
+            if result is None:
+                return rows
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                raise psycopg.errors.error_from_result(result, encoding=self._conn.info.encoding)
+            if result.status != pq.ExecStatus.TUPLES_OK:
+                continue
+            names = [(result.fname(i) or b"").decode() for i in range(result.nfields)]
+            self._loader.set_pgresult(result)
+            rows.extend(
+                dict(zip(names, values, strict=True))
+                for values in self._loader.load_rows(0, result.ntuples, tuple)
+            )
+
+    def _connect_sync(self) -> psycopg.Connection[Row]:
+        conn = connect(self.url)
+        with _translated(self.url):
+            for name in self._setup:
+                conn.execute(query(name))
+            result = conn.pgconn.prepare(self._statement, self._sql)
+            if result.status != pq.ExecStatus.COMMAND_OK:
+                raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+        return conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+            self._loader = None

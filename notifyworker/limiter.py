@@ -31,16 +31,18 @@ class FixedIntervalLimiter:
         self._rate = rate
         self._interval = 1.0 / rate if rate else 0.0
 
-    async def wait(self) -> None:
-        """Return at this caller's start slot (at once when unlimited).
+    def reserve(self) -> float:
+        """Reserve the next start slot (trio clock time); the caller sleeps until it.
 
-        The slot is reserved before sleeping, with no checkpoint in between, so
-        concurrent callers get distinct slots in arrival order. A caller that is
-        cancelled while waiting leaves a gap, never a burst.
+        Reserving takes no checkpoint, so concurrent callers get distinct slots in
+        arrival order. A caller cancelled before its slot leaves a gap, never a burst.
         """
         if not self._interval:
-            await trio.lowlevel.checkpoint()
-            return
+            return -math.inf
         slot = max(self._next_slot, trio.current_time())
         self._next_slot = slot + self._interval
-        await trio.sleep_until(slot)
+        return slot
+
+    async def wait(self) -> None:
+        """Return at this caller's start slot (at once when unlimited)."""
+        await trio.sleep_until(self.reserve())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal, NewType
 
 JobId = NewType("JobId", int)
@@ -21,10 +21,7 @@ class ClaimedJob:
     id: JobId
     task: str
     payload: dict[str, Any]
-    object_id: str | None
-    timeout: timedelta
-    attempts: int
-    created_at: datetime
+    timeout: float  # seconds
 
 
 @dataclass(frozen=True, slots=True)

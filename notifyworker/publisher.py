@@ -16,7 +16,7 @@ import trio
 from notifyworker import store
 from notifyworker.backoff import Backoff
 from notifyworker.coordination import Demand, RunningJobs
-from notifyworker.db import Database, ListenConnection
+from notifyworker.db import DirectStatement, ListenConnection
 from notifyworker.errors import ConnectionLost
 from notifyworker.models import ClaimedJob, JobId, WorkerId
 from notifyworker.recorder import Recorder
@@ -73,7 +73,7 @@ def _dispatch(channel: str, payload: str, demand: Demand, running: RunningJobs) 
 
 
 async def claim_forever(
-    db: Database,
+    claim: DirectStatement,
     worker_id: WorkerId,
     demand: Demand,
     recorder: Recorder,
@@ -83,27 +83,43 @@ async def claim_forever(
     """Claim whenever there is both room and maybe work; hand jobs to consumers.
 
     Owns `send`: when this task is cancelled the channel closes, which is how
-    the consumers learn that no more jobs will come.
+    the consumers learn that no more jobs will come. The claim runs on the
+    event loop (no thread hop) on its own connection.
     """
-    backoff = Backoff()
     async with send:
-        while True:
-            with trio.move_on_after(poll_interval) as poll:
-                await demand.wait()
-            if poll.cancelled_caught:
-                demand.work_arrived(wake=False)  # the claim follows right here
-            while demand.free > 0 and demand.more_waiting:
-                await recorder.below_limit()
-                asked, generation = demand.free, demand.generation
-                try:
-                    jobs = await db.run(store.claim, worker_id, asked)
-                except ConnectionLost as exc:
-                    delay = backoff.next_delay()
-                    log.warning("claim failed (%s); retrying in %.2fs", exc, delay)
-                    await trio.sleep(delay)
-                    continue
-                backoff.reset()
-                log.debug("claimed %d of %d", len(jobs), asked)
-                demand.claimed(asked, len(jobs), generation)
-                for job in jobs:
-                    await send.send(job)
+        try:
+            await _claim_loop(claim, worker_id, demand, recorder, send, poll_interval)
+        finally:
+            claim.close()
+
+
+async def _claim_loop(
+    claim: DirectStatement,
+    worker_id: WorkerId,
+    demand: Demand,
+    recorder: Recorder,
+    send: trio.MemorySendChannel[ClaimedJob],
+    poll_interval: float,
+) -> NoReturn:
+    backoff = Backoff()
+    while True:
+        with trio.move_on_after(poll_interval) as poll:
+            await demand.wait()
+        if poll.cancelled_caught:
+            demand.work_arrived(wake=False)  # the claim follows right here
+        while demand.free > 0 and demand.more_waiting:
+            await recorder.below_limit()
+            asked, generation = demand.free, demand.generation
+            try:
+                jobs = store.claimed_jobs(await claim.run(worker_id=worker_id, limit=asked))
+            except ConnectionLost as exc:
+                delay = backoff.next_delay()
+                log.warning("claim failed (%s); retrying in %.2fs", exc, delay)
+                await trio.sleep(delay)
+                continue
+            backoff.reset()
+            log.debug("claimed %d of %d", len(jobs), asked)
+            demand.claimed(asked, len(jobs), generation)
+            for job in jobs:
+                send.send_nowait(job)  # never full: claims fit the free slots
+            await trio.lowlevel.checkpoint()

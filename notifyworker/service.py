@@ -25,9 +25,9 @@ import trio
 
 from notifyworker import store
 from notifyworker.config import Settings
-from notifyworker.consumer import ConsumerContext, consume
+from notifyworker.consumer import ConsumerContext, consume, watch_deadlines
 from notifyworker.coordination import Demand, RunningJobs
-from notifyworker.db import Database, ListenConnection, redact
+from notifyworker.db import Database, DirectStatement, ListenConnection, redact
 from notifyworker.errors import DatabaseError
 from notifyworker.heartbeat import beat_forever, register
 from notifyworker.limiter import FixedIntervalLimiter
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 # After the grace period, cancelled jobs still get this long to record their
 # outcome before the worker gives up on the database and exits.
 FINAL_WRITE_LIMIT = 10.0
+# How often the worker checks its own running jobs against their deadlines.
+WATCHDOG_INTERVAL = 0.5
 # Connections a worker needs besides the listener's: claimer, sweeper,
 # heartbeat, and a few for consumers recording outcomes.
 POOL_SIZE = 6
@@ -106,7 +108,9 @@ class Worker:
             pacing=RunningJobs(),
             backstop_grace=settings.sweep_interval + 1.0,
         )
-        send, recv = trio.open_memory_channel[ClaimedJob](0)
+        # Room for every job the claimer may hold (it claims no more than the free
+        # slots), so handing a batch over never blocks and costs no task switch.
+        send, recv = trio.open_memory_channel[ClaimedJob](settings.concurrency)
         listener = ListenConnection(db.url)
         try:
             # The listener and the sweeper outlive the consumers: while jobs run out
@@ -117,14 +121,16 @@ class Worker:
                     sweep_forever, db, settings.sweep_interval, settings.dead_worker_after
                 )
                 watchers.start_soon(recorder.flush_forever)
+                watchers.start_soon(watch_deadlines, self.running, WATCHDOG_INTERVAL)
                 async with trio.open_nursery() as consumers:
                     async with recv:
                         for _ in range(settings.concurrency):
                             consumers.start_soon(consume, recv.clone(), ctx)
                     async with trio.open_nursery() as claiming:
+                        claim = DirectStatement(db.url, "claim", setup=("session_async_commit",))
                         claiming.start_soon(
                             claim_forever,
-                            db,
+                            claim,
                             self.worker_id,
                             demand,
                             recorder,

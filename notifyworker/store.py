@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from notifyworker.db import Session, json_param
+from notifyworker.db import Row, Session, json_param
 from notifyworker.models import (
     ClaimedJob,
     FinishMark,
@@ -67,17 +67,11 @@ def unregister_worker(s: Session, worker_id: WorkerId) -> None:
     s.execute("unregister_worker", worker_id=worker_id)
 
 
-def claim(s: Session, worker_id: WorkerId, limit: int) -> list[ClaimedJob]:
-    rows = s.rows("claim", worker_id=worker_id, limit=limit)
+def claimed_jobs(rows: list[Row]) -> list[ClaimedJob]:
+    """Rows the `claim` statement returned, oldest first."""
     jobs = [
         ClaimedJob(
-            id=JobId(row["id"]),
-            task=row["task"],
-            payload=row["payload"],
-            object_id=row["object_id"],
-            timeout=row["timeout"],
-            attempts=row["attempts"],
-            created_at=row["created_at"],
+            id=JobId(row["id"]), task=row["task"], payload=row["payload"], timeout=row["timeout"]
         )
         for row in rows
     ]

@@ -223,3 +223,23 @@ async def test_dead_worker_jobs_are_rescued_and_a_live_worker_is_left_alone(
     assert rows[slow] == ("done", None)  # a slow job on a live worker is never rescued
     assert sorted(calls.started) == [1, 3]
     assert scalar(conn, "SELECT count(*) FROM notifyworker.workers WHERE id = 'ghost'") == 0
+
+
+async def test_worker_recovers_when_all_its_backends_are_terminated(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    calls = Calls()
+    async with running_worker(fast_settings(database_url, poll_interval=600), calls.registry):
+        first = insert(conn, "record", '{"n": 1}')
+        await eventually(lambda: final(conn, first))
+        killed = scalar(
+            conn,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        # Listener, claim connection and pool all come back; the next job still runs.
+        second = insert(conn, "record", '{"n": 2}')
+        await eventually(lambda: final(conn, second))
+    assert killed >= 3
+    assert calls.started == [1, 2]
+    assert status(conn, second) == "done"
