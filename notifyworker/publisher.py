@@ -86,40 +86,29 @@ async def claim_forever(
     the consumers learn that no more jobs will come. The claim runs on the
     event loop (no thread hop) on its own connection.
     """
+    backoff = Backoff()
     async with send:
         try:
-            await _claim_loop(claim, worker_id, demand, recorder, send, poll_interval)
+            while True:
+                with trio.move_on_after(poll_interval) as poll:
+                    await demand.wait()
+                if poll.cancelled_caught:
+                    demand.work_arrived(wake=False)  # the claim follows right here
+                while demand.free > 0 and demand.more_waiting:
+                    await recorder.below_limit()
+                    asked, generation = demand.free, demand.generation
+                    try:
+                        rows = await claim.run(worker_id=worker_id, limit=asked)
+                    except ConnectionLost as exc:
+                        delay = backoff.next_delay()
+                        log.warning("claim failed (%s); retrying in %.2fs", exc, delay)
+                        await trio.sleep(delay)
+                        continue
+                    backoff.reset()
+                    jobs = store.claimed_jobs(rows)
+                    demand.claimed(asked, len(jobs), generation)
+                    for job in jobs:
+                        send.send_nowait(job)  # never full: claims fit the free slots
+                    await trio.lowlevel.checkpoint()
         finally:
             claim.close()
-
-
-async def _claim_loop(
-    claim: DirectStatement,
-    worker_id: WorkerId,
-    demand: Demand,
-    recorder: Recorder,
-    send: trio.MemorySendChannel[ClaimedJob],
-    poll_interval: float,
-) -> NoReturn:
-    backoff = Backoff()
-    while True:
-        with trio.move_on_after(poll_interval) as poll:
-            await demand.wait()
-        if poll.cancelled_caught:
-            demand.work_arrived(wake=False)  # the claim follows right here
-        while demand.free > 0 and demand.more_waiting:
-            await recorder.below_limit()
-            asked, generation = demand.free, demand.generation
-            try:
-                jobs = store.claimed_jobs(await claim.run(worker_id=worker_id, limit=asked))
-            except ConnectionLost as exc:
-                delay = backoff.next_delay()
-                log.warning("claim failed (%s); retrying in %.2fs", exc, delay)
-                await trio.sleep(delay)
-                continue
-            backoff.reset()
-            log.debug("claimed %d of %d", len(jobs), asked)
-            demand.claimed(asked, len(jobs), generation)
-            for job in jobs:
-                send.send_nowait(job)  # never full: claims fit the free slots
-            await trio.lowlevel.checkpoint()
