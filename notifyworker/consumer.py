@@ -19,8 +19,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from notifyworker.coordination import Demand, RunningJobs
 from notifyworker.errors import TaskError
-from notifyworker.limiter import FixedIntervalLimiter
-from notifyworker.models import ClaimedJob, Outcome
+from notifyworker.models import ClaimedJob, Handover, Outcome
 from notifyworker.recorder import Recorder
 from notifyworker.tasks import Registry
 
@@ -37,7 +36,6 @@ class ConsumerContext:
 
     registry: Registry
     recorder: Recorder
-    limiter: FixedIntervalLimiter
     demand: Demand
     running: RunningJobs
     # Jobs waiting for their start slot: cancelled at once when the worker stops.
@@ -48,7 +46,7 @@ class ConsumerContext:
     stopping: bool = False
 
 
-async def consume(recv: trio.MemoryReceiveChannel[ClaimedJob], ctx: ConsumerContext) -> None:
+async def consume(recv: trio.MemoryReceiveChannel[Handover], ctx: ConsumerContext) -> None:
     """Run jobs until the channel closes (the claimer stopped)."""
     async with recv:
         while True:
@@ -58,24 +56,25 @@ async def consume(recv: trio.MemoryReceiveChannel[ClaimedJob], ctx: ConsumerCont
             with trio.CancelScope() as scope:
                 while not scope.cancel_called:
                     try:
-                        job = recv.receive_nowait()  # no task switch while jobs are waiting
+                        handed = recv.receive_nowait()  # no task switch while jobs wait
                     except trio.WouldBlock:
                         try:
-                            job = await recv.receive()
+                            handed = await recv.receive()
                         except trio.EndOfChannel:
                             return
                     except trio.EndOfChannel:
                         return
                     try:
-                        await _run_one(job, scope, ctx)
+                        await _run_one(handed.job, handed.slot, scope, ctx)
                     finally:
                         ctx.demand.released()
 
 
-async def _run_one(job: ClaimedJob, scope: trio.CancelScope, ctx: ConsumerContext) -> None:
+async def _run_one(
+    job: ClaimedJob, slot: float, scope: trio.CancelScope, ctx: ConsumerContext
+) -> None:
     if ctx.stopping:
         return  # left queued: the service hands it back on the way out
-    slot = ctx.limiter.reserve()
     if slot > trio.current_time():
         # Only a job that must wait for its slot needs a scope the stop can cancel.
         with trio.CancelScope() as pacing:

@@ -25,6 +25,14 @@ class ClaimedJob:
 
 
 @dataclass(frozen=True, slots=True)
+class Handover:
+    """A claimed job on its way to a consumer, with its start slot (trio clock)."""
+
+    job: ClaimedJob
+    slot: float
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """How a job ended, as the consumer records it."""
 

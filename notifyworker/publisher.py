@@ -18,7 +18,8 @@ from notifyworker.backoff import Backoff
 from notifyworker.coordination import Demand, RunningJobs
 from notifyworker.db import DirectStatement, ListenConnection
 from notifyworker.errors import ConnectionLost
-from notifyworker.models import ClaimedJob, JobId, WorkerId
+from notifyworker.limiter import FixedIntervalLimiter
+from notifyworker.models import Handover, JobId, WorkerId
 from notifyworker.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ async def claim_forever(
     worker_id: WorkerId,
     demand: Demand,
     recorder: Recorder,
-    send: trio.MemorySendChannel[ClaimedJob],
+    limiter: FixedIntervalLimiter,
+    send: trio.MemorySendChannel[Handover],
     poll_interval: float,
 ) -> NoReturn:
     """Claim whenever there is both room and maybe work; hand jobs to consumers.
@@ -108,7 +110,10 @@ async def claim_forever(
                     jobs = store.claimed_jobs(rows)
                     demand.claimed(asked, len(jobs), generation)
                     for job in jobs:
-                        send.send_nowait(job)  # never full: claims fit the free slots
+                        # Start slots are reserved here, in claim order, so the oldest
+                        # job starts first whichever consumer trio happens to run first.
+                        # The channel is never full: claims fit the free slots.
+                        send.send_nowait(Handover(job, limiter.reserve()))
                     await trio.lowlevel.checkpoint()
         finally:
             claim.close()

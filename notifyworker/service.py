@@ -31,7 +31,7 @@ from notifyworker.db import Database, DirectStatement, ListenConnection, redact
 from notifyworker.errors import DatabaseError
 from notifyworker.heartbeat import beat_forever, register
 from notifyworker.limiter import FixedIntervalLimiter
-from notifyworker.models import ClaimedJob, WorkerId
+from notifyworker.models import Handover, WorkerId
 from notifyworker.publisher import claim_forever, listen
 from notifyworker.recorder import Recorder
 from notifyworker.sweeper import sweep_forever
@@ -102,7 +102,6 @@ class Worker:
         ctx = ConsumerContext(
             registry=self.registry,
             recorder=recorder,
-            limiter=self.limiter,
             demand=demand,
             running=self.running,
             pacing=RunningJobs(),
@@ -110,7 +109,7 @@ class Worker:
         )
         # Room for every job the claimer may hold (it claims no more than the free
         # slots), so handing a batch over never blocks and costs no task switch.
-        send, recv = trio.open_memory_channel[ClaimedJob](settings.concurrency)
+        send, recv = trio.open_memory_channel[Handover](settings.concurrency)
         listener = ListenConnection(db.url)
         try:
             # The listener and the sweeper outlive the consumers: while jobs run out
@@ -134,6 +133,7 @@ class Worker:
                             self.worker_id,
                             demand,
                             recorder,
+                            self.limiter,
                             send,
                             settings.poll_interval,
                         )
