@@ -41,3 +41,8 @@ setup:
         {{bin}}/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
         touch {{venv}}/.installed
     fi
+
+# notifyworker vs PgQueuer vs Procrastinate in one run; `just bench --quick` for a 2-minute pass.
+bench *args: setup
+    {{bin}}/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+    {{bin}}/python -m benchmarks.run {{args}}

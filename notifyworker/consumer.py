@@ -19,6 +19,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from notifyworker.coordination import Demand, RunningJobs
 from notifyworker.errors import TaskError
+from notifyworker.limiter import NO_TICKET, FixedIntervalLimiter
 from notifyworker.models import ClaimedJob, Handover, Outcome
 from notifyworker.recorder import Recorder
 from notifyworker.tasks import Registry
@@ -36,6 +37,7 @@ class ConsumerContext:
 
     registry: Registry
     recorder: Recorder
+    limiter: FixedIntervalLimiter
     demand: Demand
     running: RunningJobs
     # Jobs waiting for their start slot: cancelled at once when the worker stops.
@@ -65,32 +67,34 @@ async def consume(recv: trio.MemoryReceiveChannel[Handover], ctx: ConsumerContex
                     except trio.EndOfChannel:
                         return
                     try:
-                        await _run_one(handed.job, handed.slot, scope, ctx)
+                        await _run_one(handed.job, handed.ticket, scope, ctx)
                     finally:
                         ctx.demand.released()
 
 
 async def _run_one(
-    job: ClaimedJob, slot: float, scope: trio.CancelScope, ctx: ConsumerContext
+    job: ClaimedJob, ticket: int, scope: trio.CancelScope, ctx: ConsumerContext
 ) -> None:
     if ctx.stopping:
+        ctx.limiter.abandon(ticket)
         return  # left queued: the service hands it back on the way out
-    if slot > trio.current_time():
-        # Only a job that must wait for its slot needs a scope the stop can cancel.
-        with trio.CancelScope() as pacing:
-            ctx.pacing.add(job.id, pacing)
-            try:
-                await trio.sleep_until(slot)
-            finally:
-                ctx.pacing.remove(job.id)
-        if pacing.cancelled_caught or ctx.stopping:
-            return
     try:
         task = ctx.registry.get(job.task)
         payload = task.parse(job.payload)
     except TaskError as exc:
+        ctx.limiter.abandon(ticket)  # a job that cannot start takes no start slot
         _finished(job, Outcome("failed", error=str(exc)), None, ctx)
         return
+    if ticket != NO_TICKET:
+        # Only a paced job needs a scope the stop can cancel while it waits.
+        with trio.CancelScope() as pacing:
+            ctx.pacing.add(job.id, pacing)
+            try:
+                await ctx.limiter.wait(ticket)
+            finally:
+                ctx.pacing.remove(job.id)
+        if pacing.cancelled_caught or ctx.stopping:
+            return
     started_at = ctx.recorder.started(job.id)
     ctx.running.add(job.id, scope, trio.current_time() + job.timeout + ctx.backstop_grace)
     outcome: Outcome | None = None

@@ -26,10 +26,10 @@ class ClaimedJob:
 
 @dataclass(frozen=True, slots=True)
 class Handover:
-    """A claimed job on its way to a consumer, with its start slot (trio clock)."""
+    """A claimed job on its way to a consumer, with its place in the start order."""
 
     job: ClaimedJob
-    slot: float
+    ticket: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,10 +110,10 @@ async def claim_forever(
                     jobs = store.claimed_jobs(rows)
                     demand.claimed(asked, len(jobs), generation)
                     for job in jobs:
-                        # Start slots are reserved here, in claim order, so the oldest
+                        # Start tickets are drawn here, in claim order, so the oldest
                         # job starts first whichever consumer trio happens to run first.
                         # The channel is never full: claims fit the free slots.
-                        send.send_nowait(Handover(job, limiter.reserve()))
+                        send.send_nowait(Handover(job, limiter.ticket()))
                     await trio.lowlevel.checkpoint()
         finally:
             claim.close()

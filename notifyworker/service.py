@@ -102,6 +102,7 @@ class Worker:
         ctx = ConsumerContext(
             registry=self.registry,
             recorder=recorder,
+            limiter=self.limiter,
             demand=demand,
             running=self.running,
             pacing=RunningJobs(),

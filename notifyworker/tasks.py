@@ -69,9 +69,16 @@ class Registry:
             raise ConfigError(f"task {name!r} is registered twice")
         if not inspect.iscoroutinefunction(handler):
             raise ConfigError(f"task {name!r}: the handler must be an async function")
-        params = list(inspect.signature(handler).parameters)
-        hints = get_type_hints(handler)
-        model = hints.get(params[0]) if len(params) == 1 else None
+        params = list(inspect.signature(handler).parameters.values())
+        model: Any = params[0].annotation if len(params) == 1 else None
+        if isinstance(model, str):  # postponed annotations: resolve them
+            try:
+                model = get_type_hints(handler).get(params[0].name)
+            except NameError as exc:
+                raise ConfigError(
+                    f"task {name!r}: cannot resolve the payload annotation ({exc}); "
+                    "define the model at module level"
+                ) from None
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             raise ConfigError(
                 f"task {name!r}: the handler takes exactly one parameter, "

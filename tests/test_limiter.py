@@ -67,16 +67,43 @@ async def test_zero_means_unlimited(autojump_clock: trio.testing.MockClock) -> N
     assert times == [before] * 100
 
 
-async def test_cancelled_waiter_leaves_a_gap_not_a_burst(
+async def test_cancelled_waiter_neither_blocks_nor_bursts(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     limiter = FixedIntervalLimiter(10)
     await limiter.wait()
+    first = trio.current_time()
     with trio.move_on_after(0.01):
-        await limiter.wait()  # reserves the slot at +0.1, then gives up
-    start = trio.current_time()
+        await limiter.wait()  # gives its ticket up before its slot
     await limiter.wait()
-    assert trio.current_time() - start == pytest.approx(0.19)
+    assert trio.current_time() - first == pytest.approx(0.1)
+
+
+async def test_starts_follow_ticket_order_not_arrival_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter = FixedIntervalLimiter(10)
+    tickets = [limiter.ticket() for _ in range(5)]
+    order: list[int] = []
+
+    async def start(ticket: int) -> None:
+        await limiter.wait(ticket)
+        order.append(ticket)
+
+    async with trio.open_nursery() as nursery:
+        for ticket in reversed(tickets):  # the youngest job's consumer asks first
+            nursery.start_soon(start, ticket)
+    assert order == tickets
+
+
+async def test_abandoned_tickets_are_skipped(autojump_clock: trio.testing.MockClock) -> None:
+    limiter = FixedIntervalLimiter(10)
+    first, second, third = limiter.ticket(), limiter.ticket(), limiter.ticket()
+    limiter.abandon(second)  # say, an unknown task: it never starts
+    with trio.fail_after(1):
+        await limiter.wait(first)
+        await limiter.wait(third)
+    assert limiter.ticket() == 4
 
 
 def test_negative_rate_is_refused() -> None:
