@@ -99,7 +99,7 @@ class FixedIntervalLimiter:
                 continue
             if self._next_slot < now - CATCH_UP:
                 self._next_slot = now  # idle or badly late: re-anchor, no credit
-            slot = self._next_slot
+            scheduled = slot = self._next_slot
             recent, cap = self._recent, self._window_cap
             if len(recent) >= cap:
                 slot = max(slot, recent[-cap] + WINDOW)
@@ -111,7 +111,8 @@ class FixedIntervalLimiter:
             recent.append(now)
             while len(recent) > cap:
                 recent.popleft()
-            self._next_slot = slot + self._interval
+            # The window cap delays a grant but not the schedule behind it.
+            self._next_slot = scheduled + self._interval
             self._granted.add(self._serving)
             turn = self._turns.pop(self._serving, None)
             if turn is not None:

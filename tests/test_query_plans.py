@@ -1,0 +1,43 @@
+"""The hot statements use the partial indexes, so a table of finished jobs never slows them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+
+from notifyworker.sqlfiles import query
+
+
+def plan_text(conn: psycopg.Connection[Any], name: str, **params: Any) -> str:
+    row = conn.execute(("EXPLAIN (FORMAT JSON) " + query(name)).encode(), params or None).fetchone()
+    assert row is not None
+    return json.dumps(row[0])
+
+
+def fill(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, status, worker_id, started_at, finished_at)"
+        " SELECT 'sleep', 'done', 'old', now(), now() FROM generate_series(1, 50000)"
+    )
+    conn.execute("INSERT INTO notifyworker.jobs (task) SELECT 'sleep' FROM generate_series(1, 50)")
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, status, worker_id, started_at)"
+        " SELECT 'sleep', 'running', 'w' || (n % 3), now() FROM generate_series(1, 30) AS n"
+    )
+    conn.execute("ANALYZE notifyworker.jobs")
+
+
+def test_claim_and_sweep_use_the_partial_indexes(conn: psycopg.Connection[Any]) -> None:
+    fill(conn)
+    claim = plan_text(conn, "claim", worker_id="w", limit=100)
+    assert "jobs_waiting" in claim
+    assert "Seq Scan" not in claim
+    overdue = plan_text(conn, "sweep_overdue", limit=500)
+    assert "jobs_on_worker" in overdue
+    assert "Seq Scan" not in overdue
+    for name in ("rescue_dead_worker", "requeue_unstarted"):
+        plan = plan_text(conn, name, worker_id="w1")
+        assert "jobs_on_worker" in plan, name
+        assert "Seq Scan on jobs" not in plan, name
