@@ -20,7 +20,7 @@ class ClaimedJob:
 
     id: JobId
     task: str
-    payload: dict[str, Any]
+    payload: str  # JSON text: the task's model parses it
     timeout: float  # seconds
 
 

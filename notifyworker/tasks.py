@@ -38,9 +38,10 @@ class Task:
     model: type[BaseModel]
     handler: Callable[[Any], Awaitable[Any]]
 
-    def parse(self, payload: Any) -> BaseModel:
+    def parse(self, payload: str) -> BaseModel:
+        """The payload's JSON text, validated by the task's model in one pass."""
         try:
-            return self.model.model_validate(payload)
+            return self.model.model_validate_json(payload)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}"

@@ -64,7 +64,8 @@ SET status = 'queued', queued_at = clock_timestamp(), worker_id = %(worker_id)s
 FROM picked
 WHERE j.id = picked.id
 -- Only what a consumer needs: every column loaded costs the claim's hot path.
-RETURNING j.id, j.task, j.payload, extract(epoch FROM j.timeout)::float8 AS timeout;
+-- The payload comes as JSON text, parsed once, by the task's own model.
+RETURNING j.id, j.task, j.payload::text AS payload, extract(epoch FROM j.timeout)::float8 AS timeout;
 
 -- async_commit --
 -- For transactions whose loss in a server crash costs at most a re-run (a
