@@ -10,7 +10,8 @@ first), at slots 1/rate apart:
   ticks in whole milliseconds, which at 2,000/s is two slots); later than
   that, the schedule re-anchors at now: after idling there is no credit;
 - and whatever the lateness, no WINDOW holds more than rate x WINDOW + 1
-  grants, checked against the times they were really granted.
+  starts, counted from when each waiter really resumed (plus the grants not
+  yet started), so a late batch cannot crowd a window.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ import trio
 
 # The ticket of a job that needs no pacing (the rate was 0 when it was claimed).
 NO_TICKET = 0
-# Lateness absorbed without moving the schedule: two ticks of epoll's 1 ms timer.
-CATCH_UP = 0.002
-# The sliding window in which grants may never exceed rate x WINDOW + 1.
+# Lateness absorbed without moving the schedule (epoll's timer ticks in whole
+# milliseconds, and a busy loop adds more); the window cap bounds the catch-up.
+CATCH_UP = 0.010
+# The sliding window in which starts may never exceed rate x WINDOW + 1.
 WINDOW = 0.1
+# One tick of the event loop's timer: how soon a blocked head of line looks again.
+TICK = 0.001
 
 
 class FixedIntervalLimiter:
@@ -83,11 +87,14 @@ class FixedIntervalLimiter:
                 else:
                     await self._turns.setdefault(ticket, trio.Event()).wait()
             await trio.lowlevel.checkpoint()
-        finally:
-            if ticket in self._granted:
-                self._granted.discard(ticket)
-            else:
-                self.abandon(ticket)
+        except BaseException:
+            self.abandon(ticket)
+            raise
+        # Started: counted in the window from when it really starts, not from its grant.
+        self._granted.discard(ticket)
+        self._recent.append(trio.current_time())
+        while len(self._recent) > self._window_cap:
+            self._recent.popleft()
 
     def _grant_due(self) -> float:
         """Grant, in order, the tickets whose slot has come; the next slot after them."""
@@ -100,17 +107,17 @@ class FixedIntervalLimiter:
             if self._next_slot < now - CATCH_UP:
                 self._next_slot = now  # idle or badly late: re-anchor, no credit
             scheduled = slot = self._next_slot
-            recent, cap = self._recent, self._window_cap
-            if len(recent) >= cap:
-                slot = max(slot, recent[-cap] + WINDOW)
+            # Room in the window: starts already made plus grants not yet started.
+            room = self._window_cap - len(self._granted)
+            if room <= 0:
+                slot = max(slot, now + TICK)  # look again once some grants have started
+            elif len(self._recent) >= room:
+                slot = max(slot, self._recent[-room] + WINDOW)
             if slot > now:
                 head = self._turns.pop(self._serving, None)
                 if head is not None:
                     head.set()  # the new head of the line takes over the sleeping
                 return slot
-            recent.append(now)
-            while len(recent) > cap:
-                recent.popleft()
             # The window cap delays a grant but not the schedule behind it.
             self._next_slot = scheduled + self._interval
             self._granted.add(self._serving)
