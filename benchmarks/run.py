@@ -165,7 +165,8 @@ class Bench:
         line = process.stdout.readline()
         if not line.startswith("READY"):
             process.kill()
-            raise RuntimeError(f"{config.label} did not start: {process.stderr.read()[-2000:]}")
+            err = process.stderr.read() if process.stderr else ""
+            raise RuntimeError(f"{config.label} did not start: {err[-2000:]}")
         return process, float(line.split()[1])
 
     def stop_worker(self, config: Config, process: subprocess.Popen[str]) -> dict[str, Any]:
@@ -320,7 +321,9 @@ class Bench:
         for p in procs:
             if p.wait(timeout=300):
                 raise RuntimeError(p.stderr.read() if p.stderr else "fill failed")
-        ends = [json.loads((self.tmp / f"w{i}.json").read_text())["end"] for i in range(writers)]
+        ends = [
+            float(json.loads((self.tmp / f"w{i}.json").read_text())["end"]) for i in range(writers)
+        ]
         return writers * count / (max(ends) - start_at)
 
     def measure_big_table(self) -> dict[str, list[float]]:
