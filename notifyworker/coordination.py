@@ -90,6 +90,3 @@ class RunningJobs:
         for job_id in list(self._scopes):
             self.cancel(job_id, reason)
         return len(self._scopes)
-
-    def __len__(self) -> int:
-        return len(self._scopes)

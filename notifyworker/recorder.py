@@ -52,7 +52,6 @@ class Recorder:
         self._flushed = trio.Event()
         # One flush at a time, so a job's start mark never lands after its outcome.
         self._writing = trio.Lock()
-        self.flushes = 0
 
     def started(self, job_id: JobId) -> datetime:
         at = now()
@@ -94,7 +93,6 @@ class Recorder:
             finishes = self._finishes[:MAX_BATCH]
             del self._finishes[:MAX_BATCH]
             refused = await self._write(starts, finishes)
-            self.flushes += 1
             self._flushed.set()
             self._flushed = trio.Event()
             for job_id in refused:

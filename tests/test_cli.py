@@ -155,34 +155,19 @@ def test_up_with_a_database_url_runs_the_demo_and_summarises(
 def test_up_with_no_database_url_starts_an_embedded_postgres(tmp_path: Path) -> None:
     data = tmp_path / "pg"
     os.chmod(tmp_path, 0o755)
-    result = cli(
-        "up",
-        "--duration",
-        "2",
-        "--demo-rate",
-        "5",
-        "--shutdown-grace",
-        "0.2",
-        "--data-dir",
-        str(data),
-        timeout=120,
-    )
+
+    def up(seconds: str) -> subprocess.CompletedProcess[str]:
+        return cli(
+            "up", "--duration", seconds, "--demo-rate", "5", "--shutdown-grace", "0.2",
+            "--data-dir", str(data), timeout=120,
+        )  # fmt: skip
+
+    result = up("2")
     assert result.returncode == 0, result.stderr
     assert "done" in result.stdout.strip().splitlines()[-1]
     assert (data / "PG_VERSION").is_file()
     # The data folder persists: a second run keeps the first run's jobs.
-    again = cli(
-        "up",
-        "--duration",
-        "1",
-        "--demo-rate",
-        "5",
-        "--shutdown-grace",
-        "0.2",
-        "--data-dir",
-        str(data),
-        timeout=120,
-    )
+    again = up("1")
     assert again.returncode == 0, again.stderr
     first_ids, later_ids = _ids(result.stdout), _ids(again.stdout)
     assert first_ids

@@ -23,6 +23,16 @@ def status(conn: psycopg.Connection[Any], job_id: int) -> str:
     return value
 
 
+def listener_backend(conn: psycopg.Connection[Any]) -> int:
+    """The backend of the worker's listener (its last statement is the second LISTEN)."""
+    pid: int = scalar(
+        conn,
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND query LIKE 'LISTEN notifyworker_cancel%%'",
+    )
+    return pid
+
+
 def final(conn: psycopg.Connection[Any], job_id: int) -> bool:
     return status(conn, job_id) in FINAL_STATUSES
 
@@ -68,11 +78,7 @@ async def test_job_inserted_while_the_listener_is_down_is_done_once_it_is_back(
         # A first job, so the worker's start-up claim is behind us.
         first = insert(conn, "record", '{"n": 1}')
         await eventually(lambda: final(conn, first))
-        listener_pid = scalar(
-            conn,
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            " AND query LIKE 'LISTEN notifyworker_cancel%%'",
-        )
+        listener_pid = listener_backend(conn)
         # The listener's backend dies, and a job comes in whose NOTIFY nobody hears.
         assert scalar(conn, "SELECT pg_terminate_backend(%s)", listener_pid)
         conn.execute("SET session_replication_role = replica")
@@ -80,11 +86,7 @@ async def test_job_inserted_while_the_listener_is_down_is_done_once_it_is_back(
         conn.execute("SET session_replication_role = origin")
         # With polling at ten minutes, only the claim after re-LISTEN can run it.
         await eventually(lambda: final(conn, job))
-        new_pid = scalar(
-            conn,
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            " AND query LIKE 'LISTEN notifyworker_cancel%%'",
-        )
+        new_pid = listener_backend(conn)
     assert status(conn, job) == "done"
     assert new_pid != listener_pid
     assert calls.started == [1, 3]
