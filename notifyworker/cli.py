@@ -204,6 +204,32 @@ def enqueue(
 
 
 @app.command()
+def rate(
+    value: Annotated[
+        float | None,
+        typer.Argument(
+            help="Job starts per second per worker process; 0 = unlimited.",
+            show_default=False,
+            min=0,
+        ),
+    ] = None,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Go back to each worker's own configured rate.")
+    ] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Show or change the rate of every running worker (applied within a heartbeat)."""
+    settings = _settings(database_url=database_url, log_level="WARNING")
+    url = settings.url()
+    if reset:
+        db.run_once(url, store.set_rate, None)
+    elif value is not None:
+        db.run_once(url, store.set_rate, value)
+    current = db.run_once(url, store.get_rate)
+    print("each worker's own rate" if current is None else f"{current:g} jobs/s per worker")
+
+
+@app.command()
 def jobs(
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many of the latest.")] = 20,
     database_url: DatabaseUrl = None,

@@ -17,6 +17,7 @@ first), at slots 1/rate apart:
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
 
 import trio
@@ -55,7 +56,8 @@ class FixedIntervalLimiter:
             raise ValueError(f"rate must be 0 (unlimited) or positive, not {rate}")
         self._rate = rate
         self._interval = 1.0 / rate if rate else 0.0
-        self._window_cap = math.floor(rate * WINDOW) + 1
+        # Unlimited means no window either (tickets drawn before the change drain at once).
+        self._window_cap = math.floor(rate * WINDOW) + 1 if rate else sys.maxsize
 
     def ticket(self) -> int:
         """A place in the start order; every ticket must be waited for or abandoned."""

@@ -83,7 +83,10 @@ class Worker:
             log.info("worker %s connected to %s", self.worker_id, redact(url))
             try:
                 async with trio.open_nursery() as root:
-                    root.start_soon(beat_forever, db, self.worker_id, settings.heartbeat_interval)
+                    root.start_soon(
+                        beat_forever, db, self.worker_id, settings.heartbeat_interval,
+                        self.limiter, settings.rate,
+                    )  # fmt: skip
                     await self._pipeline(db, root, task_status)
                     root.cancel_scope.cancel()
             finally:

@@ -7,6 +7,7 @@ Each function here is sync and takes a `Session`; callers run it through
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from notifyworker.db import Row, Session, json_param
@@ -58,9 +59,28 @@ def register_worker(s: Session, worker_id: WorkerId, host: str, pid: int) -> Non
     s.execute("register_worker", worker_id=worker_id, host=host, pid=pid)
 
 
-def heartbeat(s: Session, worker_id: WorkerId) -> bool:
-    """True while this worker is still registered (not declared dead)."""
-    return s.one("heartbeat", worker_id=worker_id) is not None
+@dataclass(frozen=True)
+class Beat:
+    alive: bool  # False: a sweeper declared this worker dead
+    rate: float | None  # the cluster-wide rate setting, if any
+
+
+def heartbeat(s: Session, worker_id: WorkerId) -> Beat:
+    row = s.one("heartbeat", worker_id=worker_id)
+    return Beat(alive=row is not None, rate=None if row is None else row["rate"])
+
+
+def set_rate(s: Session, rate: float | None) -> None:
+    """Set the rate every worker uses, or (None) go back to each worker's own."""
+    if rate is None:
+        s.execute("reset_rate")
+    else:
+        s.execute("set_rate", rate=rate)
+
+
+def get_rate(s: Session) -> float | None:
+    row = s.one("get_rate")
+    return None if row is None else float(row["value"])
 
 
 def unregister_worker(s: Session, worker_id: WorkerId) -> None:

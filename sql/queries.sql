@@ -37,11 +37,25 @@ LISTEN notifyworker_cancel;
 INSERT INTO notifyworker.workers (id, host, pid) VALUES (%(worker_id)s, %(host)s, %(pid)s);
 
 -- heartbeat --
--- Proves this worker alive; returns no row when a sweeper declared it dead
--- and removed it, which the worker treats as fatal (its jobs were rescued).
+-- Proves this worker alive, and brings back the rate set with `notifyworker
+-- rate` (NULL: none). No row when a sweeper declared the worker dead and
+-- removed it; the worker then registers again (its jobs were rescued).
 UPDATE notifyworker.workers SET heartbeat_at = clock_timestamp()
 WHERE id = %(worker_id)s
-RETURNING id;
+RETURNING id, (SELECT value FROM notifyworker.settings WHERE name = 'rate') AS rate;
+
+-- set_rate --
+-- What `notifyworker rate N` runs; workers pick it up with their next heartbeat.
+INSERT INTO notifyworker.settings (name, value) VALUES ('rate', %(rate)s)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value;
+
+-- reset_rate --
+-- What `notifyworker rate --reset` runs: each worker goes back to its own rate.
+DELETE FROM notifyworker.settings WHERE name = 'rate';
+
+-- get_rate --
+-- The rate set cluster-wide, if any.
+SELECT value FROM notifyworker.settings WHERE name = 'rate';
 
 -- unregister_worker --
 -- A clean exit leaves nothing for the sweeper to rescue.

@@ -181,3 +181,14 @@ def _ids(output: str) -> list[int]:
         for line in output.splitlines()
         if line.startswith("id=")
     ]
+
+
+def test_rate_command_sets_shows_and_resets(database_url: str) -> None:
+    env = {"DATABASE_URL": database_url}
+    assert cli("rate", env=env).stdout.strip() == "each worker's own rate"
+    assert cli("rate", "20", env=env).stdout.strip() == "20 jobs/s per worker"
+    assert cli("rate", env=env).stdout.strip() == "20 jobs/s per worker"
+    assert cli("rate", "--reset", env=env).stdout.strip() == "each worker's own rate"
+    refused = cli("rate", "-3", env=env)
+    assert refused.returncode == 2
+    assert "Traceback" not in refused.stderr

@@ -245,3 +245,18 @@ async def test_worker_recovers_when_all_its_backends_are_terminated(
     assert killed >= 3
     assert calls.started == [1, 2]
     assert status(conn, second) == "done"
+
+
+async def test_rate_set_in_the_database_reaches_running_workers(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    calls = Calls()
+    async with running_worker(fast_settings(database_url, rate=50), calls.registry) as worker:
+        assert worker.limiter.rate == 50
+        conn.execute("INSERT INTO notifyworker.settings (name, value) VALUES ('rate', 7)")
+        await eventually(lambda: worker.limiter.rate == 7)
+        conn.execute("DELETE FROM notifyworker.settings")
+        await eventually(lambda: worker.limiter.rate == 50)  # back to its own rate
+        job = insert(conn, "record", '{"n": 1}')
+        await eventually(lambda: final(conn, job))
+    assert calls.started == [1]
