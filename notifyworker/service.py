@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 FINAL_WRITE_LIMIT = 10.0
 # How often the worker checks its own running jobs against their deadlines.
 WATCHDOG_INTERVAL = 0.5
-# Connections a worker needs besides the listener's: claimer, sweeper,
-# heartbeat, and a few for consumers recording outcomes.
+# Pooled connections a worker needs (the listener and the claimer have their
+# own): the recorder's flushes, the sweeper, the heartbeat, and some slack.
 POOL_SIZE = 6
 
 
