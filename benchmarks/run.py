@@ -3,14 +3,15 @@
     python -m benchmarks.run [--quick] [--output FILE]
 
 Every system runs in its own processes against its own database on the same
-PostgreSQL (DATABASE_URL's server, else 127.0.0.1:5432). Measurements are
-interleaved: each repetition runs every configuration once, in an order that
-rotates between repetitions; figures are medians with (min–max).
+PostgreSQL (DATABASE_URL's server, else 127.0.0.1:5432, else an embedded one).
+Measurements are interleaved: each repetition runs every configuration once, in
+an order that rotates between repetitions; figures are medians with (min–max).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -497,8 +498,27 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
     parser.add_argument("--output", type=Path, help="also write the report here")
     args = parser.parse_args()
-    server = os.environ.get("DATABASE_URL", DEFAULT_SERVER)
-    bench = Bench(server, QUICK if args.quick else FULL)
+    with contextlib.ExitStack() as stack:
+        server = os.environ.get("DATABASE_URL") or local_server(stack)
+        run_all(server, args.quick, args.output)
+
+
+def local_server(stack: contextlib.ExitStack) -> str:
+    """127.0.0.1:5432 when it answers, else an embedded PostgreSQL for this run."""
+    try:
+        psycopg.connect(DEFAULT_SERVER, connect_timeout=2).close()
+    except psycopg.OperationalError:
+        from notifyworker.embedded import embedded_postgres
+
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nw-bench-pg-")))
+        folder.chmod(0o755)  # the embedded server runs as its own user
+        log("no PostgreSQL on 127.0.0.1:5432: using an embedded one")
+        return stack.enter_context(embedded_postgres(folder / "data", delete=True))
+    return DEFAULT_SERVER
+
+
+def run_all(server: str, quick: bool, output: Path | None) -> None:
+    bench = Bench(server, QUICK if quick else FULL)
     began = time.time()
     bench.create_databases()
     steps: list[tuple[str, Callable[[], Any]]] = [
@@ -511,10 +531,10 @@ def main() -> None:
         ("rss", bench.measure_rss),
     ]
     parts = {name: step() for name, step in steps}
-    text = report(bench, args.quick, parts, time.time() - began)
+    text = report(bench, quick, parts, time.time() - began)
     print(text)
-    if args.output:
-        args.output.write_text(text)
+    if output:
+        output.write_text(text)
 
 
 if __name__ == "__main__":
