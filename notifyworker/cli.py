@@ -66,6 +66,11 @@ def main() -> None:
         _fail(exc, code=2)
     except NotifyWorkerError as exc:
         _fail(exc, code=1)
+    except KeyboardInterrupt:
+        # Ctrl-C before the worker installed its own handler (say, while the
+        # embedded PostgreSQL starts): nothing was claimed, so just leave.
+        print("notifyworker: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def _fail(exc: Exception, code: int) -> NoReturn:

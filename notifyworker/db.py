@@ -283,9 +283,14 @@ class DirectStatement:
             self._conn = await trio.to_thread.run_sync(self._connect_sync)
             self._loader = Transformer(self._conn)
         values = [None if params[p] is None else str(params[p]).encode() for p in self._params]
+        # One scope, shielded and bounded: a cancel scope costs tens of microseconds,
+        # and this is the pickup path.
+        deadline = trio.current_time() + DIRECT_STATEMENT_LIMIT
         try:
-            with trio.CancelScope(shield=True), trio.fail_after(DIRECT_STATEMENT_LIMIT):
+            with trio.CancelScope(shield=True, deadline=deadline) as limit:
                 rows = await self._execute(values)
+            if limit.cancelled_caught:
+                raise trio.TooSlowError
         except (psycopg.Error, trio.TooSlowError, OSError) as exc:
             self.close()
             if isinstance(exc, psycopg.Error) and not isinstance(exc, psycopg.OperationalError):
