@@ -252,9 +252,6 @@ class ListenConnection:
             raise errors.ConnectionLost("the listener connection is closed")
         return self._conn
 
-    def backend_pid(self) -> int:
-        return self._require().info.backend_pid
-
 
 class DirectStatement:
     """One named statement on a dedicated connection, run on the event loop.

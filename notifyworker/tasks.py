@@ -94,9 +94,6 @@ class Registry:
             known = ", ".join(sorted(self._tasks)) or "none"
             raise UnknownTask(f"unknown task {name!r} (known tasks: {known})") from None
 
-    def names(self) -> list[str]:
-        return sorted(self._tasks)
-
 
 def import_tasks(modules: tuple[str, ...]) -> None:
     """Import user task modules so their decorators register handlers."""

@@ -37,6 +37,11 @@ def final(conn: psycopg.Connection[Any], job_id: int) -> bool:
     return status(conn, job_id) in FINAL_STATUSES
 
 
+async def finished(conn: psycopg.Connection[Any], job_id: int, within: float = 10.0) -> None:
+    """Until the job reaches a final status."""
+    await eventually(lambda: final(conn, job_id), within=within)
+
+
 async def test_plain_insert_is_picked_up_through_notify(
     database_url: str, conn: psycopg.Connection[Any]
 ) -> None:
@@ -44,10 +49,10 @@ async def test_plain_insert_is_picked_up_through_notify(
     # Polling every ten minutes: only a notification can bring the second job in time.
     async with running_worker(fast_settings(database_url, poll_interval=600), calls.registry):
         first = insert(conn, "record", '{"n": 1}')
-        await eventually(lambda: final(conn, first))
+        await finished(conn, first)
         with trio.fail_after(5):
             second = insert(conn, "record", '{"n": 2}')
-            await eventually(lambda: final(conn, second))
+            await finished(conn, second)
     assert calls.started == [1, 2]
     row = conn.execute(
         "SELECT status, attempts, result, queued_at >= created_at, started_at >= queued_at,"
@@ -66,7 +71,7 @@ async def test_missed_notification_is_caught_by_the_poll(
         conn.execute("SET session_replication_role = replica")
         job = insert(conn, "record", '{"n": 7}')
         conn.execute("SET session_replication_role = origin")
-        await eventually(lambda: final(conn, job), within=0.3 * 3)
+        await finished(conn, job, within=0.3 * 3)
     assert calls.started == [7]
 
 
@@ -77,7 +82,7 @@ async def test_job_inserted_while_the_listener_is_down_is_done_once_it_is_back(
     async with running_worker(fast_settings(database_url, poll_interval=600), calls.registry):
         # A first job, so the worker's start-up claim is behind us.
         first = insert(conn, "record", '{"n": 1}')
-        await eventually(lambda: final(conn, first))
+        await finished(conn, first)
         listener_pid = listener_backend(conn)
         # The listener's backend dies, and a job comes in whose NOTIFY nobody hears.
         assert scalar(conn, "SELECT pg_terminate_backend(%s)", listener_pid)
@@ -85,7 +90,7 @@ async def test_job_inserted_while_the_listener_is_down_is_done_once_it_is_back(
         job = insert(conn, "record", '{"n": 3}')
         conn.execute("SET session_replication_role = origin")
         # With polling at ten minutes, only the claim after re-LISTEN can run it.
-        await eventually(lambda: final(conn, job))
+        await finished(conn, job)
         new_pid = listener_backend(conn)
     assert status(conn, job) == "done"
     assert new_pid != listener_pid
@@ -102,7 +107,7 @@ async def test_stuck_job_is_cancelled_by_the_sweeper_and_in_the_worker(
             "INSERT INTO notifyworker.jobs (task, payload, timeout)"
             " VALUES ('hang', '{\"n\": 5}', '300 milliseconds') RETURNING id",
         )
-        await eventually(lambda: final(conn, job))
+        await finished(conn, job)
         # The handler's task itself was cancelled, not only its row.
         await eventually(lambda: calls.cancelled == [5], within=2)
     row = conn.execute(
@@ -128,7 +133,7 @@ async def test_unknown_task_and_invalid_payload_fail_and_the_worker_goes_on(
         unstorable = insert(conn, "nul")
         fine = insert(conn, "record", '{"n": 9}')
         for job in (unknown, invalid, broken, unstorable, fine):
-            await eventually(lambda job=job: final(conn, job))  # type: ignore[misc]
+            await finished(conn, job)
     rows = dict(
         conn.execute("SELECT id, (status, error) FROM notifyworker.jobs ORDER BY id").fetchall()
     )
@@ -233,7 +238,7 @@ async def test_worker_recovers_when_all_its_backends_are_terminated(
     calls = Calls()
     async with running_worker(fast_settings(database_url, poll_interval=600), calls.registry):
         first = insert(conn, "record", '{"n": 1}')
-        await eventually(lambda: final(conn, first))
+        await finished(conn, first)
         killed = scalar(
             conn,
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
@@ -241,7 +246,7 @@ async def test_worker_recovers_when_all_its_backends_are_terminated(
         )
         # Listener, claim connection and pool all come back; the next job still runs.
         second = insert(conn, "record", '{"n": 2}')
-        await eventually(lambda: final(conn, second))
+        await finished(conn, second)
     assert killed >= 3
     assert calls.started == [1, 2]
     assert status(conn, second) == "done"
@@ -258,5 +263,5 @@ async def test_rate_set_in_the_database_reaches_running_workers(
         conn.execute("DELETE FROM notifyworker.settings")
         await eventually(lambda: worker.limiter.rate == 50)  # back to its own rate
         job = insert(conn, "record", '{"n": 1}')
-        await eventually(lambda: final(conn, job))
+        await finished(conn, job)
     assert calls.started == [1]
