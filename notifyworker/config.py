@@ -64,6 +64,33 @@ class Settings(BaseSettings):
         le=3600,
         description="On SIGTERM, how long running jobs may finish before being cancelled.",
     )
+    retry_backoff: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="First retry's delay; each further retry doubles it (with jitter).",
+    )
+    retry_backoff_max: float = Field(
+        default=300.0, gt=0, le=86_400, description="Longest delay between two attempts."
+    )
+    max_payload_bytes: int = Field(
+        default=1_048_576,
+        ge=2,
+        le=256 * 1_048_576,
+        description="A job whose payload's JSON text is longer fails without running.",
+    )
+    listener_check_interval: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="A quiet listener proves itself with a NOTIFY round trip this often.",
+    )
+    startup_timeout: float = Field(
+        default=300.0,
+        ge=0,
+        le=86_400,
+        description="How long `run` retries an unreachable database before giving up; 0: forever.",
+    )
     tasks: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="Modules to import that register task handlers (comma-separated)."
     )

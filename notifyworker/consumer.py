@@ -17,8 +17,8 @@ from typing import Any, NoReturn
 import trio
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from notifyworker.coordination import Demand, RunningJobs
-from notifyworker.errors import TaskError
+from notifyworker.coordination import Demand, EarlyCancels, RunningJobs
+from notifyworker.errors import InvalidPayload, TaskError
 from notifyworker.limiter import NO_TICKET, FixedIntervalLimiter
 from notifyworker.models import ClaimedJob, Handover, Outcome
 from notifyworker.recorder import Recorder
@@ -42,6 +42,10 @@ class ConsumerContext:
     running: RunningJobs
     # Jobs waiting for their start slot: cancelled at once when the worker stops.
     pacing: RunningJobs
+    # Jobs cancelled in the table while claimed here but not yet started.
+    early_cancels: EarlyCancels
+    # Longest payload (JSON text) a job may carry.
+    max_payload_bytes: int
     # A job that outlives its timeout by this much is cancelled here even if
     # the sweeper (the authority on deadlines) never said so (watch_deadlines).
     backstop_grace: float
@@ -80,6 +84,13 @@ async def _run_one(
         return  # left queued: the service hands it back on the way out
     try:
         task = ctx.registry.get(job.task)
+        if len(job.payload) > ctx.max_payload_bytes:  # characters: a cheap lower bound
+            size = len(job.payload.encode())
+            if size > ctx.max_payload_bytes:
+                raise InvalidPayload(
+                    f"payload is {size} bytes of JSON, over the limit of "
+                    f"{ctx.max_payload_bytes} (NOTIFYWORKER_MAX_PAYLOAD_BYTES)"
+                )
         payload = task.parse(job.payload)
     except TaskError as exc:
         ctx.limiter.abandon(ticket)  # a job that cannot start takes no start slot
@@ -95,13 +106,15 @@ async def _run_one(
                 ctx.pacing.remove(job.id)
         if pacing.cancelled_caught or ctx.stopping:
             return
-    started_at = ctx.recorder.started(job.id)
+    if ctx.early_cancels.take(job.id):
+        return  # the table already says cancelled; nothing to record
+    started_at = ctx.recorder.started(job)
     ctx.running.add(job.id, scope, trio.current_time() + job.timeout + ctx.backstop_grace)
     outcome: Outcome | None = None
     try:
         result = await task.handler(payload)
     except Exception as exc:  # noqa: BLE001 - a handler's failure is the job's, not the worker's
-        outcome = Outcome("failed", error=_describe(exc))
+        outcome = Outcome("failed", error=_describe(exc), retryable=True)
     else:
         outcome = _done(result)
     finally:
@@ -109,7 +122,11 @@ async def _run_one(
         if outcome is None:
             # Cancelled: by the sweeper, the watchdog or the grace period (a
             # reason is given), or from outside when the worker stops hard.
-            outcome = Outcome("cancelled", error=reason or "worker stopped while the job ran")
+            # Cancellations decided in the table never reach it (their marks are
+            # refused); the worker's own (timeout, shutdown) deserve a retry.
+            outcome = Outcome(
+                "cancelled", error=reason or "worker stopped while the job ran", retryable=True
+            )
         _finished(job, outcome, started_at, ctx)
 
 
@@ -128,11 +145,20 @@ async def watch_deadlines(running: RunningJobs, interval: float) -> NoReturn:
 def _finished(
     job: ClaimedJob, outcome: Outcome, started_at: datetime | None, ctx: ConsumerContext
 ) -> None:
-    ctx.recorder.finished(job.id, outcome, started_at)
+    ctx.recorder.finished(job, outcome, started_at)
     if outcome.status == "done":
         log.info("job %s %s done", job.id, job.task)
-    else:
-        log.warning("job %s %s %s: %s", job.id, job.task, outcome.status, outcome.error)
+        return
+    ran = started_at is not None
+    again = ran and outcome.retryable and job.attempt < job.max_attempts
+    log.warning(
+        "job %s %s %s%s: %s",
+        job.id,
+        job.task,
+        outcome.status,
+        f" (attempt {job.attempt} of {job.max_attempts}, will retry)" if again else "",
+        outcome.error,
+    )
 
 
 def _done(result: Any) -> Outcome:

@@ -90,3 +90,29 @@ class RunningJobs:
         for job_id in list(self._scopes):
             self.cancel(job_id, reason)
         return len(self._scopes)
+
+
+class EarlyCancels:
+    """Jobs cancelled in the table before any handler here started them.
+
+    A cancellation is broadcast to every worker; the one holding the job in
+    its channel or limiter queue must not start it. Bounded: the ids of jobs
+    other workers hold pass through and are forgotten, oldest first.
+    """
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._ids: dict[JobId, None] = {}
+
+    def add(self, job_id: JobId) -> None:
+        self._ids[job_id] = None
+        if len(self._ids) > self.LIMIT:
+            del self._ids[next(iter(self._ids))]
+
+    def take(self, job_id: JobId) -> bool:
+        """Whether the job was cancelled; forgets it either way."""
+        if job_id in self._ids:
+            del self._ids[job_id]
+            return True
+        return False

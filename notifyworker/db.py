@@ -47,6 +47,16 @@ CONNECT_TIMEOUT = 5
 DIRECT_STATEMENT_LIMIT = 5.0
 
 _NAMED_PARAM = re.compile(r"%\((\w+)\)s")
+# The channel the listener's self-check NOTIFYs itself on (listen_ping).
+PING_CHANNEL = "notifyworker_ping"
+
+
+def _numbered(name: str) -> tuple[bytes, list[str]]:
+    """A named query in libpq's own form: $1, $2… and the parameter names in order."""
+    text = query(name)
+    params = list(dict.fromkeys(_NAMED_PARAM.findall(text)))
+    numbered = _NAMED_PARAM.sub(lambda m: f"${params.index(m[1]) + 1}", text)
+    return numbered.replace("%%", "%").encode(), params
 
 
 def json_param(value: Any) -> Jsonb:
@@ -89,11 +99,34 @@ def translate(exc: psycopg.Error, url: str | None = None) -> errors.DatabaseErro
         "notifyworker" in message
     ):
         return errors.SchemaMissing()
+    if isinstance(exc, psycopg.OperationalError) and _refused_for_good(message):
+        return errors.AccessDenied(message)
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         return errors.ConnectionLost(message)
     if isinstance(exc, psycopg.errors.IntegrityError):
         return errors.RowRejected(message)
     return errors.DatabaseError(message)
+
+
+# What libpq says when the server answered but will not have us: retrying
+# cannot help, so the caller stops with the message instead of backing off.
+_FOR_GOOD = (
+    "password authentication failed",
+    "no password supplied",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",  # the database or the role
+    "permission denied",
+    "invalid connection option",
+    "invalid dsn",
+    "invalid integer value",
+    "invalid sslmode",
+)
+
+
+def _refused_for_good(message: str) -> bool:
+    lowered = message.lower()
+    return any(phrase in lowered for phrase in _FOR_GOOD)
 
 
 @contextlib.contextmanager
@@ -135,11 +168,19 @@ class Session:
             yield
 
 
-def connect(url: str) -> psycopg.Connection[Row]:
-    """A plain autocommit connection (blocking), errors translated."""
+def connect(url: str, role: str = "cli") -> psycopg.Connection[Row]:
+    """A plain autocommit connection (blocking), errors translated.
+
+    `role` names the connection in pg_stat_activity (notifyworker-listener, …),
+    so an operator can tell the service's connections apart.
+    """
     with _translated(url):
         return psycopg.Connection.connect(
-            url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT
+            url,
+            autocommit=True,
+            row_factory=dict_row,
+            connect_timeout=CONNECT_TIMEOUT,
+            application_name=f"notifyworker-{role}",
         )
 
 
@@ -177,6 +218,7 @@ class Database:
                     "autocommit": True,
                     "row_factory": dict_row,
                     "connect_timeout": CONNECT_TIMEOUT,
+                    "application_name": "notifyworker-pool",
                 },
                 name="notifyworker",
             )
@@ -186,7 +228,7 @@ class Database:
 
     async def open(self) -> None:
         """Connect once up front, so a wrong URL fails now with libpq's own reason."""
-        conn = await trio.to_thread.run_sync(connect, self.url)
+        conn = await trio.to_thread.run_sync(connect, self.url, "pool")
         conn.close()
         await trio.to_thread.run_sync(self._pool.open)
 
@@ -222,7 +264,7 @@ class ListenConnection:
         self._conn = await trio.to_thread.run_sync(self._connect_sync, channels)
 
     def _connect_sync(self, channels: tuple[str, ...]) -> psycopg.Connection[Row]:
-        conn = connect(self.url)
+        conn = connect(self.url, "listener")
         with _translated(self.url):
             for name in channels:
                 conn.execute(query(name))
@@ -232,7 +274,14 @@ class ListenConnection:
         """Notifications already received (channel, payload); never blocks."""
         conn = self._require()
         with _translated(self.url):
-            return [(n.channel, n.payload) for n in conn.notifies(timeout=0)]
+            got = [(n.channel, n.payload) for n in conn.notifies(timeout=0)]
+            # psycopg reads libpq's queue only after the socket turns readable;
+            # notifications that came in with the self-check's answer are
+            # already in that queue, so read it directly too.
+            encoding = conn.info.encoding
+            while pgn := conn.pgconn.notifies():
+                got.append((pgn.relname.decode(encoding), pgn.extra.decode(encoding)))
+            return got
 
     async def wait(self) -> list[tuple[str, str]]:
         """The next notifications; the caller bounds the wait with a cancel scope."""
@@ -241,6 +290,60 @@ class ListenConnection:
             await trio.lowlevel.wait_readable(self._require().fileno())
             got = self.drain()
         return got
+
+    async def self_check(self, token: str, limit: float) -> list[tuple[str, str]]:
+        """NOTIFY ourselves on the ping channel and await the echo within `limit` seconds.
+
+        Sent through libpq's non-blocking API so trio can bound the wait: a
+        half-open connection accepts the query and never answers, and only a
+        deadline tells. Returns the other notifications that arrived meanwhile.
+        """
+        conn = self._require()
+        try:
+            with trio.fail_after(limit):
+                await self._ping(conn, token)
+                return await self._echo(conn, token)
+        except trio.TooSlowError:
+            self.close()
+            raise errors.ConnectionLost(
+                f"the listener's NOTIFY self-check got no answer within {limit:g}s "
+                "(half-open connection?)"
+            ) from None
+        except (psycopg.Error, OSError) as exc:
+            self.close()
+            if isinstance(exc, psycopg.Error):
+                raise translate(exc, self.url) from None
+            raise errors.ConnectionLost(_one_line(exc, self.url)) from None
+
+    @staticmethod
+    async def _ping(conn: psycopg.Connection[Row], token: str) -> None:
+        pg = conn.pgconn
+        sql, _ = _numbered("listener_ping")
+        pg.send_query_params(sql, [token.encode()])
+        while pg.flush():
+            await trio.lowlevel.wait_writable(pg.socket)
+        while True:
+            while pg.is_busy():
+                await trio.lowlevel.wait_readable(pg.socket)
+                pg.consume_input()
+            result = pg.get_result()
+            if result is None:
+                return
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+
+    async def _echo(self, conn: psycopg.Connection[Row], token: str) -> list[tuple[str, str]]:
+        others: list[tuple[str, str]] = []
+        while True:
+            echoed = False
+            for channel, payload in self.drain():
+                if channel == PING_CHANNEL and payload == token:
+                    echoed = True
+                else:
+                    others.append((channel, payload))
+            if echoed:
+                return others
+            await trio.lowlevel.wait_readable(conn.fileno())
 
     def close(self) -> None:
         if self._conn is not None:
@@ -266,10 +369,7 @@ class DirectStatement:
     def __init__(self, url: str, name: str, setup: tuple[str, ...] = ()) -> None:
         self.url = url
         self._setup = setup
-        text = query(name)
-        self._params = _NAMED_PARAM.findall(text)
-        numbered = _NAMED_PARAM.sub(lambda m: f"${self._params.index(m[1]) + 1}", text)
-        self._sql = numbered.replace("%%", "%").encode()
+        self._sql, self._params = _numbered(name)
         self._statement = f"notifyworker_{name}".encode()
         self._conn: psycopg.Connection[Row] | None = None
         self._loader: psycopg.abc.Transformer | None = None
@@ -322,7 +422,7 @@ class DirectStatement:
             )
 
     def _connect_sync(self) -> psycopg.Connection[Row]:
-        conn = connect(self.url)
+        conn = connect(self.url, self._statement.decode().removeprefix("notifyworker_"))
         with _translated(self.url):
             for name in self._setup:
                 conn.execute(query(name))

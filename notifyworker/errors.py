@@ -54,3 +54,12 @@ class RowRejected(DatabaseError):
 
 class SchemaMissing(DatabaseError):
     """The notifyworker schema is missing: run `notifyworker migrate`."""
+
+
+class AccessDenied(ConnectionLost):
+    """The server answered but refuses this URL (password, role, database).
+
+    At start-up that is a user mistake, reported at once; once running it is
+    treated like any lost connection and retried, since a restarting server
+    or a changing pg_hba.conf can say it for a moment.
+    """

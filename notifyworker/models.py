@@ -22,6 +22,9 @@ class ClaimedJob:
     task: str
     payload: str  # JSON text: the task's model parses it
     timeout: float  # seconds
+    claimed_at: datetime  # the row's queued_at: the fence the marks carry back
+    attempt: int  # which start this is, counting from 1
+    max_attempts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,9 @@ class Outcome:
     status: FinalStatus
     result: Any = None
     error: str | None = None
+    # A failure or cancellation worth another attempt (if the job has any
+    # left): a handler's exception or a timeout, not bad input or a cancel.
+    retryable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,7 @@ class StartMark:
     """A job's handler started at `at` (the worker's clock)."""
 
     job_id: JobId
+    claimed_at: datetime
     at: datetime
 
 
@@ -54,6 +61,7 @@ class FinishMark:
     """A job ended at `at`; `started_at` is None when no handler ever ran."""
 
     job_id: JobId
+    claimed_at: datetime
     outcome: Outcome
     started_at: datetime | None
     at: datetime
@@ -69,6 +77,7 @@ class JobRow:
     payload: dict[str, Any]
     status: JobStatus
     attempts: int
+    max_attempts: int
     created_at: datetime
     queued_at: datetime | None
     started_at: datetime | None
@@ -78,21 +87,33 @@ class JobRow:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """The backoff between attempts, in seconds: base x 2^(attempt-1), capped, jittered."""
+
+    base: float
+    cap: float
+
+
+@dataclass(frozen=True, slots=True)
 class SweepReport:
     """What one sweep did, for the log."""
 
+    overdue_retried: int = 0
     overdue_cancelled: int = 0
     dead_workers: int = 0
     rescued_requeued: int = 0
+    rescued_retried: int = 0
     rescued_cancelled: int = 0
     skipped: bool = False
 
     @property
     def acted(self) -> bool:
         return bool(
-            self.overdue_cancelled
+            self.overdue_retried
+            or self.overdue_cancelled
             or self.dead_workers
             or self.rescued_requeued
+            or self.rescued_retried
             or self.rescued_cancelled
         )
 

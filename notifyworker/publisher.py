@@ -8,14 +8,16 @@ delays a job by one poll interval at most and never loses it.
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Callable
 from typing import NoReturn
 
 import trio
 
 from notifyworker import store
 from notifyworker.backoff import Backoff
-from notifyworker.coordination import Demand, RunningJobs
+from notifyworker.coordination import Demand
 from notifyworker.db import DirectStatement, ListenConnection
 from notifyworker.errors import ConnectionLost
 from notifyworker.limiter import FixedIntervalLimiter
@@ -26,13 +28,17 @@ log = logging.getLogger(__name__)
 
 JOBS_CHANNEL = "notifyworker_jobs"
 CANCEL_CHANNEL = "notifyworker_cancel"
-LISTEN_QUERIES = ("listen_jobs", "listen_cancel")
+LISTEN_QUERIES = ("listen_jobs", "listen_cancel", "listen_ping")
+# How long the listener's self-check may take before the connection is
+# declared dead; a healthy round trip takes about a millisecond.
+SELF_CHECK_TIMEOUT = 2.0
 
 
 async def listen(
     conn: ListenConnection,
     demand: Demand,
-    running: RunningJobs,
+    on_cancel: Callable[[JobId], None],
+    check_interval: float,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
@@ -40,11 +46,14 @@ async def listen(
 
     A failure to connect the first time surfaces from `nursery.start`; later
     drops reconnect with backoff, and every reconnect counts as work arrived,
-    since notifications sent while disconnected are gone.
+    since notifications sent while disconnected are gone. A listener that has
+    heard nothing for `check_interval` NOTIFYs itself: a connection whose peer
+    vanished without a FIN (a half-open one) would otherwise wait forever.
     """
     await conn.connect(LISTEN_QUERIES)
     task_status.started()
     backoff = Backoff()
+    checks = itertools.count()
     while True:
         try:
             if backoff.attempt:
@@ -53,8 +62,16 @@ async def listen(
                 backoff.reset()
             demand.work_arrived()
             while True:
-                for channel, payload in await conn.wait():
-                    _dispatch(channel, payload, demand, running)
+                with trio.move_on_after(check_interval) as quiet:
+                    while True:
+                        for channel, payload in await conn.wait():
+                            _dispatch(channel, payload, demand, on_cancel)
+                        # Heard something: the connection is alive, restart the clock.
+                        quiet.deadline = trio.current_time() + check_interval
+                if quiet.cancelled_caught:
+                    token = f"{id(conn):x}-{next(checks)}"
+                    for channel, payload in await conn.self_check(token, SELF_CHECK_TIMEOUT):
+                        _dispatch(channel, payload, demand, on_cancel)
         except ConnectionLost as exc:
             conn.close()
             delay = backoff.next_delay()
@@ -62,15 +79,13 @@ async def listen(
             await trio.sleep(delay)
 
 
-def _dispatch(channel: str, payload: str, demand: Demand, running: RunningJobs) -> None:
+def _dispatch(
+    channel: str, payload: str, demand: Demand, on_cancel: Callable[[JobId], None]
+) -> None:
     if channel == JOBS_CHANNEL:
         demand.work_arrived()
-    elif (
-        channel == CANCEL_CHANNEL
-        and payload.isdigit()
-        and running.cancel(JobId(int(payload)), "cancelled by the sweeper")
-    ):
-        log.info("job %s cancelled by the sweeper while running here", payload)
+    elif channel == CANCEL_CHANNEL and payload.isdigit():
+        on_cancel(JobId(int(payload)))
 
 
 async def claim_forever(

@@ -26,7 +26,15 @@ from notifyworker.backoff import Backoff
 from notifyworker.coordination import RunningJobs
 from notifyworker.db import Database
 from notifyworker.errors import ConnectionLost, DatabaseError
-from notifyworker.models import FinishMark, JobId, Outcome, StartMark, WorkerId
+from notifyworker.models import (
+    ClaimedJob,
+    FinishMark,
+    JobId,
+    Outcome,
+    RetryPolicy,
+    StartMark,
+    WorkerId,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +50,12 @@ def now() -> datetime:
 
 
 class Recorder:
-    def __init__(self, db: Database, worker_id: WorkerId, running: RunningJobs) -> None:
+    def __init__(
+        self, db: Database, worker_id: WorkerId, running: RunningJobs, retry: RetryPolicy
+    ) -> None:
         self._db = db
         self._worker_id = worker_id
+        self._retry = retry
         self._running = running
         self._starts: dict[JobId, StartMark] = {}
         self._finishes: list[FinishMark] = []
@@ -53,16 +64,16 @@ class Recorder:
         # One flush at a time, so a job's start mark never lands after its outcome.
         self._writing = trio.Lock()
 
-    def started(self, job_id: JobId) -> datetime:
+    def started(self, job: ClaimedJob) -> datetime:
         at = now()
-        self._starts[job_id] = StartMark(job_id, at)
+        self._starts[job.id] = StartMark(job.id, job.claimed_at, at)
         self._pending.set()
         return at
 
-    def finished(self, job_id: JobId, outcome: Outcome, started_at: datetime | None) -> None:
+    def finished(self, job: ClaimedJob, outcome: Outcome, started_at: datetime | None) -> None:
         # A start not yet flushed travels with the outcome: one statement, not two.
-        self._starts.pop(job_id, None)
-        self._finishes.append(FinishMark(job_id, outcome, started_at, now()))
+        self._starts.pop(job.id, None)
+        self._finishes.append(FinishMark(job.id, job.claimed_at, outcome, started_at, now()))
         self._pending.set()
 
     @property
@@ -96,15 +107,20 @@ class Recorder:
             self._flushed.set()
             self._flushed = trio.Event()
             for job_id in refused:
-                # Rescued by a sweeper while this worker ran it (its heartbeat had
-                # lapsed): the verdict in the table stands, so stop the handler.
-                self._running.cancel(job_id, "no longer this worker's: rescued by the sweeper")
+                # Cancelled, or rescued by a sweeper while this worker ran it (its
+                # heartbeat had lapsed): the verdict in the table stands, so stop
+                # the handler.
+                self._running.cancel(
+                    job_id, "no longer this worker's: cancelled or rescued meanwhile"
+                )
 
     async def _write(self, starts: list[StartMark], finishes: list[FinishMark]) -> set[JobId]:
         backoff = Backoff()
         while True:
             try:
-                return await self._db.run(store.record_marks, self._worker_id, starts, finishes)
+                return await self._db.run(
+                    store.record_marks, self._worker_id, self._retry, starts, finishes
+                )
             except ConnectionLost as exc:
                 delay = backoff.next_delay()
                 log.warning("recording outcomes failed (%s); retrying in %.2fs", exc, delay)
@@ -115,7 +131,9 @@ class Recorder:
                     # store): record the refusal instead, so the job still ends.
                     mark = finishes[0]
                     refused = Outcome("failed", error=f"could not record the outcome: {exc}")
-                    finishes = [FinishMark(mark.job_id, refused, mark.started_at, mark.at)]
+                    finishes = [
+                        FinishMark(mark.job_id, mark.claimed_at, refused, mark.started_at, mark.at)
+                    ]
                     continue
                 if len(starts) + len(finishes) == 1:
                     log.error("dropping a start mark PostgreSQL refused: %s", exc)

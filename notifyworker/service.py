@@ -18,20 +18,22 @@ claimed-but-unstarted jobs go back to `new`.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import uuid
 
 import trio
 
 from notifyworker import store
+from notifyworker.backoff import Backoff
 from notifyworker.config import Settings
 from notifyworker.consumer import ConsumerContext, consume, watch_deadlines
-from notifyworker.coordination import Demand, RunningJobs
+from notifyworker.coordination import Demand, EarlyCancels, RunningJobs
 from notifyworker.db import Database, DirectStatement, ListenConnection, redact
-from notifyworker.errors import DatabaseError
+from notifyworker.errors import AccessDenied, ConnectionLost, DatabaseError
 from notifyworker.heartbeat import beat_forever, register
 from notifyworker.limiter import FixedIntervalLimiter
-from notifyworker.models import Handover, WorkerId
+from notifyworker.models import Handover, JobId, RetryPolicy, WorkerId
 from notifyworker.publisher import claim_forever, listen
 from notifyworker.recorder import Recorder
 from notifyworker.sweeper import sweep_forever
@@ -62,6 +64,9 @@ class Worker:
         self.worker_id = new_worker_id()
         self.limiter = FixedIntervalLimiter(settings.rate)
         self.running = RunningJobs()
+        self.pacing = RunningJobs()
+        self.early_cancels = EarlyCancels()
+        self.retry = RetryPolicy(settings.retry_backoff, settings.retry_backoff_max)
         self.stop_requested = trio.Event()
         self._grace_over = trio.Event()
 
@@ -77,9 +82,8 @@ class Worker:
         settings = self.settings
         url = settings.url()
         db = Database(url, size=POOL_SIZE)
-        await db.open()
+        await self._connect(db)
         try:
-            await register(db, self.worker_id)
             log.info("worker %s connected to %s", self.worker_id, redact(url))
             try:
                 async with trio.open_nursery() as root:
@@ -101,14 +105,16 @@ class Worker:
     ) -> None:
         settings = self.settings
         demand = Demand(settings.concurrency)
-        recorder = Recorder(db, self.worker_id, self.running)
+        recorder = Recorder(db, self.worker_id, self.running, self.retry)
         ctx = ConsumerContext(
             registry=self.registry,
             recorder=recorder,
             limiter=self.limiter,
             demand=demand,
             running=self.running,
-            pacing=RunningJobs(),
+            pacing=self.pacing,
+            early_cancels=self.early_cancels,
+            max_payload_bytes=settings.max_payload_bytes,
             backstop_grace=settings.sweep_interval + 1.0,
         )
         # Room for every job the claimer may hold (it claims no more than the free
@@ -119,9 +125,19 @@ class Worker:
             # The listener and the sweeper outlive the consumers: while jobs run out
             # their grace, deadlines are still enforced and cancellations still heard.
             async with trio.open_nursery() as watchers:
-                await watchers.start(listen, listener, demand, self.running)
+                await watchers.start(
+                    listen,
+                    listener,
+                    demand,
+                    self._cancel_notified,
+                    settings.listener_check_interval,
+                )
                 watchers.start_soon(
-                    sweep_forever, db, settings.sweep_interval, settings.dead_worker_after
+                    sweep_forever,
+                    db,
+                    settings.sweep_interval,
+                    settings.dead_worker_after,
+                    self.retry,
                 )
                 watchers.start_soon(recorder.flush_forever)
                 watchers.start_soon(watch_deadlines, self.running, WATCHDOG_INTERVAL)
@@ -157,6 +173,45 @@ class Worker:
                 watchers.cancel_scope.cancel()
         finally:
             listener.close()
+
+    async def _connect(self, db: Database) -> None:
+        """Open the pool and register, retrying while the database cannot be reached.
+
+        A database that is down or still starting is waited for (a log line
+        per attempt), so a worker started before its database does not crash
+        in a loop; one that refuses this URL is a mistake, reported at once.
+        """
+        backoff = Backoff(first=0.5)
+        limit = self.settings.startup_timeout
+        with trio.move_on_after(limit if limit > 0 else math.inf) as waiting:
+            while True:
+                try:
+                    await db.open()
+                    await register(db, self.worker_id)
+                    return
+                except AccessDenied:
+                    raise
+                except ConnectionLost as exc:
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "database not reachable (attempt %d): %s; retrying in %.1fs",
+                        backoff.attempt,
+                        exc,
+                        delay,
+                    )
+                    await trio.sleep(delay)
+        if waiting.cancelled_caught:
+            raise ConnectionLost(
+                f"database still not reachable after {limit:g}s (NOTIFYWORKER_STARTUP_TIMEOUT)"
+            )
+
+    def _cancel_notified(self, job_id: JobId) -> None:
+        """A job was cancelled in the table: stop it wherever it is in this worker."""
+        reason = "cancelled in the table (notifyworker.cancel() or the sweeper)"
+        if self.running.cancel(job_id, reason):
+            log.info("job %s cancelled while running here", job_id)
+        elif not self.pacing.cancel(job_id, reason):
+            self.early_cancels.add(job_id)
 
     async def _sign_off(self, db: Database) -> None:
         try:

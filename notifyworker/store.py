@@ -16,6 +16,7 @@ from notifyworker.models import (
     FinishMark,
     JobId,
     JobRow,
+    RetryPolicy,
     StartMark,
     Summary,
     SweepReport,
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 # Most jobs one sweep touches per kind of dead job, so a backlog of dead
 # jobs is worked off over several sweeps instead of one long transaction.
 SWEEP_BATCH = 500
+# Times a job may be taken back from workers that died before it started
+# before it is cancelled as one that may be killing them.
+LOST_CLAIMS_LIMIT = 5
 
 
 def migrate(s: Session) -> list[str]:
@@ -91,7 +95,13 @@ def claimed_jobs(rows: list[Row]) -> list[ClaimedJob]:
     """Rows the `claim` statement returned, oldest first."""
     jobs = [
         ClaimedJob(
-            id=JobId(row["id"]), task=row["task"], payload=row["payload"], timeout=row["timeout"]
+            id=JobId(row["id"]),
+            task=row["task"],
+            payload=row["payload"],
+            timeout=row["timeout"],
+            claimed_at=row["queued_at"],
+            attempt=row["attempts"] + 1,
+            max_attempts=row["max_attempts"],
         )
         for row in rows
     ]
@@ -100,7 +110,11 @@ def claimed_jobs(rows: list[Row]) -> list[ClaimedJob]:
 
 
 def record_marks(
-    s: Session, worker_id: WorkerId, starts: list[StartMark], finishes: list[FinishMark]
+    s: Session,
+    worker_id: WorkerId,
+    retry: RetryPolicy,
+    starts: list[StartMark],
+    finishes: list[FinishMark],
 ) -> set[JobId]:
     """Flush buffered marks in one transaction; the ids no longer this worker's.
 
@@ -118,6 +132,7 @@ def record_marks(
                 "mark_started",
                 worker_id=worker_id,
                 ids=ids,
+                queued_at=[mark.claimed_at for mark in starts],
                 started_at=[mark.at for mark in starts],
             )
             refused.update(set(ids) - {JobId(row["id"]) for row in marked})
@@ -126,8 +141,12 @@ def record_marks(
             marked = s.rows(
                 "mark_finished",
                 worker_id=worker_id,
+                retry_backoff=retry.base,
+                retry_backoff_max=retry.cap,
                 ids=ids,
+                queued_at=[mark.claimed_at for mark in finishes],
                 statuses=[mark.outcome.status for mark in finishes],
+                retryable=[mark.outcome.retryable for mark in finishes],
                 started_at=[mark.started_at for mark in finishes],
                 finished_at=[mark.at for mark in finishes],
                 results=[
@@ -149,28 +168,43 @@ def requeue_unstarted(s: Session, worker_id: WorkerId) -> int:
     return count
 
 
-def sweep(s: Session, dead_after_seconds: float) -> SweepReport:
+def sweep(s: Session, dead_after_seconds: float, retry: RetryPolicy) -> SweepReport:
     """One round of the sweeper, if no other replica's sweeper holds the lock."""
+    backoff = {"retry_backoff": retry.base, "retry_backoff_max": retry.cap}
     with s.transaction():
         lock = s.one("sweep_lock")
         if lock is None or not lock["acquired"]:
             return SweepReport(skipped=True)
-        overdue = len(s.rows("sweep_overdue", limit=SWEEP_BATCH))
+        overdue = [row["status"] for row in s.rows("sweep_overdue", limit=SWEEP_BATCH, **backoff)]
         dead = s.rows("dead_workers", dead_after=f"{dead_after_seconds} seconds", limit=SWEEP_BATCH)
-        requeued = cancelled = 0
+        requeued = retried = cancelled = 0
         for worker in dead:
-            rescued = s.one("rescue_dead_worker", worker_id=worker["id"])
+            rescued = s.one(
+                "rescue_dead_worker",
+                worker_id=worker["id"],
+                lost_claims_limit=LOST_CLAIMS_LIMIT,
+                **backoff,
+            )
             assert rescued is not None
             requeued += rescued["requeued"]
+            retried += rescued["retried"]
             cancelled += rescued["cancelled"]
         if requeued:
             s.rows("notify_jobs", reason="rescued")
     return SweepReport(
-        overdue_cancelled=overdue,
+        overdue_retried=overdue.count("new"),
+        overdue_cancelled=overdue.count("cancelled"),
         dead_workers=len(dead),
         rescued_requeued=requeued,
+        rescued_retried=retried,
         rescued_cancelled=cancelled,
     )
+
+
+def cancel(s: Session, job_id: JobId) -> str | None:
+    """What `notifyworker cancel` runs; the job's status afterwards (None: no such job)."""
+    row = s.one("cancel_job", id=job_id)
+    return None if row is None else row["status"]
 
 
 def enqueue(
@@ -179,8 +213,14 @@ def enqueue(
     payload: dict[str, Any],
     object_id: str | None = None,
     timeout: float | None = None,
+    max_attempts: int = 1,
 ) -> JobId:
-    params: dict[str, Any] = {"task": task, "payload": json_param(payload), "object_id": object_id}
+    params: dict[str, Any] = {
+        "task": task,
+        "payload": json_param(payload),
+        "object_id": object_id,
+        "max_attempts": max_attempts,
+    }
     if timeout is None:
         row = s.one("enqueue", **params)
     else:

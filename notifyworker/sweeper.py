@@ -15,26 +15,31 @@ import trio
 from notifyworker import store
 from notifyworker.db import Database
 from notifyworker.errors import ConnectionLost
+from notifyworker.models import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 
-async def sweep_forever(db: Database, interval: float, dead_worker_after: float) -> NoReturn:
+async def sweep_forever(
+    db: Database, interval: float, dead_worker_after: float, retry: RetryPolicy
+) -> NoReturn:
     """Sweep every `interval` on absolute deadlines; an outage only skips rounds."""
     next_round = trio.current_time()
     while True:
         try:
-            report = await db.run(store.sweep, dead_worker_after)
+            report = await db.run(store.sweep, dead_worker_after, retry)
         except ConnectionLost as exc:
             log.warning("sweep skipped: %s", exc)
         else:
             if report.acted:
                 log.info(
-                    "sweeper: %d overdue job(s) cancelled; %d dead worker(s): "
-                    "%d job(s) requeued, %d cancelled",
+                    "sweeper: overdue jobs: %d retried, %d cancelled; %d dead worker(s): "
+                    "%d unstarted job(s) requeued, %d running retried, %d cancelled",
+                    report.overdue_retried,
                     report.overdue_cancelled,
                     report.dead_workers,
                     report.rescued_requeued,
+                    report.rescued_retried,
                     report.rescued_cancelled,
                 )
         next_round = max(next_round + interval, trio.current_time())

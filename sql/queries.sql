@@ -29,8 +29,19 @@ INSERT INTO notifyworker.migrations (version, name) VALUES (%(version)s, %(name)
 LISTEN notifyworker_jobs;
 
 -- listen_cancel --
--- Jobs the sweeper cancelled while a worker may still run them.
+-- Jobs cancelled (notifyworker.cancel(), or the sweeper) while a worker may
+-- hold them; the payload is the job id.
 LISTEN notifyworker_cancel;
+
+-- listen_ping --
+-- The listener's own self-check channel (listener_ping).
+LISTEN notifyworker_ping;
+
+-- listener_ping --
+-- A NOTIFY round trip on the listener's own connection: the answer proves
+-- the connection is alive and still LISTENing, which a half-open TCP
+-- connection (a silently dropped peer) never would.
+SELECT pg_notify('notifyworker_ping', %(token)s);
 
 -- register_worker --
 -- Enters this process in the registry the sweeper reads.
@@ -62,14 +73,15 @@ SELECT value FROM notifyworker.settings WHERE name = 'rate';
 DELETE FROM notifyworker.workers WHERE id = %(worker_id)s;
 
 -- claim --
--- Takes up to %(limit)s waiting jobs, oldest first, for one worker.
+-- Takes up to %(limit)s due jobs, earliest first, for one worker.
 -- SKIP LOCKED lets replicas claim side by side without waiting on each
 -- other or taking the same row; the partial index jobs_waiting keeps the
--- scan to waiting rows only.
+-- scan to due waiting rows only (now(), being stable, bounds the index scan).
+-- queued_at is the claim's fence: the worker's marks carry it back.
 WITH picked AS (
     SELECT id FROM notifyworker.jobs
-    WHERE status = 'new'
-    ORDER BY id
+    WHERE status = 'new' AND run_at <= now()
+    ORDER BY run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
@@ -79,7 +91,8 @@ FROM picked
 WHERE j.id = picked.id
 -- Only what a consumer needs: every column loaded costs the claim's hot path.
 -- The payload comes as JSON text, parsed once, by the task's own model.
-RETURNING j.id, j.task, j.payload::text AS payload, extract(epoch FROM j.timeout)::float8 AS timeout;
+RETURNING j.id, j.task, j.payload::text AS payload, extract(epoch FROM j.timeout)::float8 AS timeout,
+          j.queued_at, j.attempts, j.max_attempts;
 
 -- async_commit --
 -- For transactions whose loss in a server crash costs at most a re-run (a
@@ -95,32 +108,59 @@ SET synchronous_commit = off;
 
 -- mark_started --
 -- Marks a batch of claimed jobs running, with the worker's own start times,
--- only while this worker still holds them: a sweeper that rescued a job
--- first wins, and the worker cancels its handler.
+-- only while this worker still holds them under the same claim: a sweeper or
+-- notifyworker.cancel() that decided first wins, and the worker cancels its
+-- handler.
 UPDATE notifyworker.jobs AS j
 SET status = 'running', started_at = m.started_at, attempts = j.attempts + 1
-FROM unnest(%(ids)s::bigint[], %(started_at)s::timestamptz[]) AS m (id, started_at)
+FROM unnest(%(ids)s::bigint[], %(queued_at)s::timestamptz[], %(started_at)s::timestamptz[])
+    AS m (id, queued_at, started_at)
 WHERE j.id = m.id AND j.worker_id = %(worker_id)s AND j.status = 'queued'
+  AND j.queued_at = m.queued_at
 RETURNING j.id;
 
 -- mark_finished --
--- Records a batch of outcomes, only while this worker still holds the jobs:
--- when the sweeper decided first, its verdict stands. A job whose start mark
--- was never flushed (it ended within one flush) gets its start here too.
+-- Records a batch of outcomes, only while this worker still holds the jobs
+-- under the same claim: when the sweeper or a cancel decided first, its
+-- verdict stands. A job whose start mark was never flushed (it ended within
+-- one flush) gets its start here too. A retryable failure with attempts left
+-- goes back to `new`, due after the backoff, keeping its last error.
+WITH marks AS (
+    SELECT *
+    FROM unnest(
+        %(ids)s::bigint[], %(queued_at)s::timestamptz[], %(statuses)s::text[],
+        %(retryable)s::boolean[], %(started_at)s::timestamptz[],
+        %(finished_at)s::timestamptz[], %(results)s::jsonb[], %(errors)s::text[]
+    ) AS m (id, queued_at, status, retryable, started_at, finished_at, result, error)
+), settled AS (
+    SELECT m.*,
+           j.attempts + (j.status = 'queued' AND m.started_at IS NOT NULL)::integer AS attempts,
+           CASE WHEN j.status = 'queued' THEN m.started_at ELSE j.started_at END AS began_at,
+           m.status <> 'done' AND m.retryable
+               AND j.attempts + (j.status = 'queued' AND m.started_at IS NOT NULL)::integer
+                   < j.max_attempts AS retry
+    FROM marks AS m
+    JOIN notifyworker.jobs AS j ON j.id = m.id
+)
 UPDATE notifyworker.jobs AS j
-SET status = m.status,
-    started_at = coalesce(j.started_at, m.started_at),
-    attempts = j.attempts + (j.status = 'queued' AND m.started_at IS NOT NULL)::integer,
-    finished_at = m.finished_at,
-    cancelled_at = CASE WHEN m.status = 'cancelled' THEN m.finished_at END,
-    result = m.result,
-    error = m.error
-FROM unnest(
-    %(ids)s::bigint[], %(statuses)s::text[], %(started_at)s::timestamptz[],
-    %(finished_at)s::timestamptz[], %(results)s::jsonb[], %(errors)s::text[]
-) AS m (id, status, started_at, finished_at, result, error)
-WHERE j.id = m.id AND j.worker_id = %(worker_id)s AND j.status IN ('queued', 'running')
-RETURNING j.id;
+SET status = CASE WHEN s.retry THEN 'new' ELSE s.status END,
+    attempts = s.attempts,
+    run_at = CASE
+        WHEN s.retry
+        THEN clock_timestamp() + notifyworker.retry_delay(
+            s.attempts, %(retry_backoff)s, %(retry_backoff_max)s)
+        ELSE j.run_at END,
+    worker_id = CASE WHEN s.retry THEN NULL ELSE j.worker_id END,
+    queued_at = CASE WHEN s.retry THEN NULL ELSE j.queued_at END,
+    started_at = CASE WHEN s.retry THEN NULL ELSE s.began_at END,
+    finished_at = CASE WHEN s.retry THEN NULL ELSE s.finished_at END,
+    cancelled_at = CASE WHEN NOT s.retry AND s.status = 'cancelled' THEN s.finished_at END,
+    result = s.result,
+    error = s.error
+FROM settled AS s
+WHERE j.id = s.id AND j.worker_id = %(worker_id)s AND j.status IN ('queued', 'running')
+  AND j.queued_at = s.queued_at
+RETURNING j.id, j.status;
 
 -- requeue_unstarted --
 -- On shutdown, hands jobs this worker claimed but never started back to the
@@ -140,24 +180,37 @@ SELECT pg_notify('notifyworker_jobs', %(reason)s);
 SELECT pg_try_advisory_xact_lock(hashtext('notifyworker.sweep')) AS acquired;
 
 -- sweep_overdue --
--- Cancels running jobs past their own deadline (bounded batch), and tells
--- their worker through NOTIFY so the handler is cancelled in the process too.
+-- Running jobs past their own deadline (bounded batch): retried after the
+-- backoff while attempts remain, else cancelled; their worker hears of it
+-- through NOTIFY and cancels the handler. In an UPDATE every expression sees
+-- the row as it was, so all the CASEs agree on `retry`.
 WITH overdue AS (
     SELECT id FROM notifyworker.jobs
     WHERE status = 'running' AND started_at + timeout < clock_timestamp()
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-), cancelled AS (
+), settled AS (
     UPDATE notifyworker.jobs AS j
-    SET status = 'cancelled', finished_at = clock_timestamp(), cancelled_at = clock_timestamp(),
-        error = 'cancelled by the sweeper: still running after its timeout of '
+    SET status = CASE WHEN j.attempts < j.max_attempts THEN 'new' ELSE 'cancelled' END,
+        run_at = CASE
+            WHEN j.attempts < j.max_attempts
+            THEN clock_timestamp() + notifyworker.retry_delay(
+                j.attempts, %(retry_backoff)s, %(retry_backoff_max)s)
+            ELSE j.run_at END,
+        worker_id = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE j.worker_id END,
+        queued_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE j.queued_at END,
+        started_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE j.started_at END,
+        finished_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE clock_timestamp() END,
+        cancelled_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE clock_timestamp() END,
+        error = 'timed out (found by the sweeper): still running after its timeout of '
             || j.timeout::text
+            || ' (attempt ' || j.attempts || ' of ' || j.max_attempts || ')'
     FROM overdue
     WHERE j.id = overdue.id
-    RETURNING j.id
+    RETURNING j.id, j.status
 )
-SELECT id, pg_notify('notifyworker_cancel', id::text) FROM cancelled;
+SELECT id, status, pg_notify('notifyworker_cancel', id::text) FROM settled;
 
 -- dead_workers --
 -- Workers whose heartbeat stopped; their jobs get rescued.
@@ -168,39 +221,72 @@ LIMIT %(limit)s;
 
 -- rescue_dead_worker --
 -- A dead worker's queued jobs never started, so they go back to the queue
--- with no attempt spent; its running jobs are cancelled, saying why.
+-- with no attempt spent (but a lost claim counted: after %(lost_claims_limit)s
+-- the job is cancelled, as one that may be killing its workers). Its running
+-- jobs count the attempt: retried after the backoff while attempts remain,
+-- else cancelled, saying why.
 WITH requeued AS (
-    UPDATE notifyworker.jobs
-    SET status = 'new', worker_id = NULL, queued_at = NULL
-    WHERE worker_id = %(worker_id)s AND status = 'queued'
-    RETURNING id
-), cancelled AS (
-    UPDATE notifyworker.jobs
-    SET status = 'cancelled', finished_at = clock_timestamp(), cancelled_at = clock_timestamp(),
-        error = 'cancelled by the sweeper: worker ' || worker_id || ' stopped heart-beating'
-    WHERE worker_id = %(worker_id)s AND status = 'running'
-    RETURNING id
+    UPDATE notifyworker.jobs AS j
+    SET status = CASE WHEN j.lost_claims + 1 < %(lost_claims_limit)s THEN 'new' ELSE 'cancelled' END,
+        lost_claims = j.lost_claims + 1,
+        worker_id = CASE WHEN j.lost_claims + 1 < %(lost_claims_limit)s THEN NULL ELSE j.worker_id END,
+        queued_at = CASE WHEN j.lost_claims + 1 < %(lost_claims_limit)s THEN NULL ELSE j.queued_at END,
+        finished_at = CASE
+            WHEN j.lost_claims + 1 < %(lost_claims_limit)s THEN NULL ELSE clock_timestamp() END,
+        cancelled_at = CASE
+            WHEN j.lost_claims + 1 < %(lost_claims_limit)s THEN NULL ELSE clock_timestamp() END,
+        error = CASE
+            WHEN j.lost_claims + 1 < %(lost_claims_limit)s THEN j.error
+            ELSE 'cancelled by the sweeper: ' || (j.lost_claims + 1)
+                || ' workers died holding this job before it started; it may be killing them'
+        END
+    WHERE j.worker_id = %(worker_id)s AND j.status = 'queued'
+    RETURNING j.id, j.status
+), rescued AS (
+    UPDATE notifyworker.jobs AS j
+    SET status = CASE WHEN j.attempts < j.max_attempts THEN 'new' ELSE 'cancelled' END,
+        run_at = CASE
+            WHEN j.attempts < j.max_attempts
+            THEN clock_timestamp() + notifyworker.retry_delay(
+                j.attempts, %(retry_backoff)s, %(retry_backoff_max)s)
+            ELSE j.run_at END,
+        worker_id = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE j.worker_id END,
+        queued_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE j.queued_at END,
+        started_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE j.started_at END,
+        finished_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE clock_timestamp() END,
+        cancelled_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE clock_timestamp() END,
+        error = 'worker ' || j.worker_id || ' stopped heart-beating while the job ran'
+            || ' (attempt ' || j.attempts || ' of ' || j.max_attempts || ')'
+    WHERE j.worker_id = %(worker_id)s AND j.status = 'running'
+    RETURNING j.id, j.status
 ), removed AS (
     DELETE FROM notifyworker.workers WHERE id = %(worker_id)s
 )
-SELECT (SELECT count(*) FROM requeued) AS requeued, (SELECT count(*) FROM cancelled) AS cancelled;
+SELECT (SELECT count(*) FROM requeued WHERE status = 'new') AS requeued,
+       (SELECT count(*) FROM rescued WHERE status = 'new') AS retried,
+       (SELECT count(*) FROM requeued WHERE status = 'cancelled')
+           + (SELECT count(*) FROM rescued WHERE status = 'cancelled') AS cancelled;
+
+-- cancel_job --
+-- What `notifyworker cancel` runs: the same function applications call.
+SELECT notifyworker.cancel(%(id)s) AS status;
 
 -- enqueue --
 -- What `notifyworker enqueue` and the demo producer run: the same INSERT any
 -- application may write, the timeout left to the column default.
-INSERT INTO notifyworker.jobs (task, payload, object_id)
-VALUES (%(task)s, %(payload)s, %(object_id)s)
+INSERT INTO notifyworker.jobs (task, payload, object_id, max_attempts)
+VALUES (%(task)s, %(payload)s, %(object_id)s, %(max_attempts)s)
 RETURNING id;
 
 -- enqueue_with_timeout --
 -- The same, with the job's own timeout in seconds.
-INSERT INTO notifyworker.jobs (task, payload, object_id, timeout)
-VALUES (%(task)s, %(payload)s, %(object_id)s, make_interval(secs => %(timeout)s))
+INSERT INTO notifyworker.jobs (task, payload, object_id, max_attempts, timeout)
+VALUES (%(task)s, %(payload)s, %(object_id)s, %(max_attempts)s, make_interval(secs => %(timeout)s))
 RETURNING id;
 
 -- latest_jobs --
 -- The classic table: the newest jobs with their whole story.
-SELECT id, task, object_id, payload, status, attempts, created_at, queued_at, started_at,
+SELECT id, task, object_id, payload, status, attempts, max_attempts, created_at, queued_at, started_at,
        finished_at, cancelled_at, error
 FROM notifyworker.jobs
 ORDER BY id DESC

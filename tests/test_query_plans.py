@@ -34,10 +34,15 @@ def test_claim_and_sweep_use_the_partial_indexes(conn: psycopg.Connection[Any]) 
     claim = plan_text(conn, "claim", worker_id="w", limit=100)
     assert "jobs_waiting" in claim
     assert "Seq Scan" not in claim
-    overdue = plan_text(conn, "sweep_overdue", limit=500)
+    backoff = {"retry_backoff": 1.0, "retry_backoff_max": 60.0}
+    overdue = plan_text(conn, "sweep_overdue", limit=500, **backoff)
     assert "jobs_on_worker" in overdue
     assert "Seq Scan" not in overdue
-    for name in ("rescue_dead_worker", "requeue_unstarted"):
-        plan = plan_text(conn, name, worker_id="w1")
+    params: dict[str, dict[str, Any]] = {
+        "rescue_dead_worker": {"lost_claims_limit": 5, **backoff},
+        "requeue_unstarted": {},
+    }
+    for name, extra in params.items():
+        plan = plan_text(conn, name, worker_id="w1", **extra)
         assert "jobs_on_worker" in plan, name
         assert "Seq Scan on jobs" not in plan, name
