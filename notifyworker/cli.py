@@ -23,7 +23,7 @@ from rich.console import Console
 from notifyworker import config, console, db, store
 from notifyworker.config import Settings
 from notifyworker.errors import ConfigError, NotifyWorkerError
-from notifyworker.models import JobRow
+from notifyworker.models import JobId, JobRow
 from notifyworker.tasks import import_tasks, registry
 
 log = logging.getLogger("notifyworker")
@@ -194,6 +194,9 @@ def enqueue(
     timeout: Annotated[
         float | None, typer.Option(help="Seconds the job may run (default: the table's, 10).")
     ] = None,
+    max_attempts: Annotated[
+        int, typer.Option(min=1, max=100, help="Starts the job may have (retries + 1).")
+    ] = 1,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Insert one job, exactly as an application's INSERT would."""
@@ -204,8 +207,23 @@ def enqueue(
         raise ConfigError(f"--payload is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError("--payload must be a JSON object, like '{\"seconds\": 1}'")
-    job_id = db.run_once(settings.url(), store.enqueue, task, data, object_id, timeout)
+    job_id = db.run_once(
+        settings.url(), store.enqueue, task, data, object_id, timeout, max_attempts
+    )
     print(job_id)
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[int, typer.Argument(help="The job's id.", show_default=False)],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Cancel a job, as `SELECT notifyworker.cancel(id)` does: its status afterwards."""
+    settings = _settings(database_url=database_url, log_level="WARNING")
+    status = db.run_once(settings.url(), store.cancel, JobId(job_id))
+    if status is None:
+        raise ConfigError(f"there is no job {job_id}")
+    print(status)
 
 
 @app.command()

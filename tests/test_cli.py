@@ -192,3 +192,14 @@ def test_rate_command_sets_shows_and_resets(database_url: str) -> None:
     refused = cli("rate", "-3", env=env)
     assert refused.returncode == 2
     assert "Traceback" not in refused.stderr
+
+
+def test_cancel_command(database_url: str, conn: psycopg.Connection[Any]) -> None:
+    job = scalar(conn, "INSERT INTO notifyworker.jobs (task) VALUES ('sleep') RETURNING id")
+    env = {"DATABASE_URL": database_url}
+    result = cli("cancel", str(job), env=env)
+    assert (result.returncode, result.stdout.strip()) == (0, "cancelled"), result.stderr
+    assert scalar(conn, "SELECT status FROM notifyworker.jobs WHERE id = %s", job) == "cancelled"
+    missing = cli("cancel", "999999", env=env)
+    assert missing.returncode == 2
+    assert "there is no job 999999" in one_line_error(missing)
