@@ -73,7 +73,7 @@ async def consume(recv: trio.MemoryReceiveChannel[Handover], ctx: ConsumerContex
                     try:
                         await _run_one(handed.job, handed.ticket, scope, ctx)
                     finally:
-                        ctx.demand.released()
+                        ctx.demand.released(handed.job.id)
 
 
 async def _run_one(

@@ -24,6 +24,9 @@ class Demand:
 
     def __init__(self, slots: int) -> None:
         self.free = slots
+        # Every job claimed and not yet given up by its consumer: after a claim
+        # whose answer was lost, the table's other `queued` rows are orphans.
+        self.held: set[JobId] = set()
         # True until a claim proves the table empty; start-up claims at once.
         self.more_waiting = True
         self._generation = 0
@@ -36,7 +39,8 @@ class Demand:
         if wake:
             self._wake.set()
 
-    def released(self) -> None:
+    def released(self, job_id: JobId) -> None:
+        self.held.discard(job_id)
         self.free += 1
         if self.more_waiting:
             self._wake.set()

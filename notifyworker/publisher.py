@@ -18,7 +18,7 @@ import trio
 from notifyworker import store
 from notifyworker.backoff import Backoff
 from notifyworker.coordination import Demand
-from notifyworker.db import DirectStatement, ListenConnection
+from notifyworker.db import Database, DirectStatement, ListenConnection
 from notifyworker.errors import ConnectionLost
 from notifyworker.limiter import FixedIntervalLimiter
 from notifyworker.models import Handover, JobId, WorkerId
@@ -89,6 +89,7 @@ def _dispatch(
 
 
 async def claim_forever(
+    db: Database,
     claim: DirectStatement,
     worker_id: WorkerId,
     demand: Demand,
@@ -101,12 +102,18 @@ async def claim_forever(
 
     Owns `send`: when this task is cancelled the channel closes, which is how
     the consumers learn that no more jobs will come. The claim runs on the
-    event loop (no thread hop) on its own connection.
+    event loop (no thread hop) on its own connection. A claim that failed may
+    still have committed with its answer lost: before claiming again, jobs the
+    table says this worker holds but no consumer has go back to the queue.
     """
     backoff = Backoff()
+    uncertain = False
     async with send:
         try:
             while True:
+                if uncertain:
+                    uncertain = not await _release_lost_claims(db, worker_id, demand, backoff)
+                    continue
                 with trio.move_on_after(poll_interval) as poll:
                     await demand.wait()
                 if poll.cancelled_caught:
@@ -117,14 +124,16 @@ async def claim_forever(
                     try:
                         rows = await claim.run(worker_id=worker_id, limit=asked)
                     except ConnectionLost as exc:
+                        uncertain = True
                         delay = backoff.next_delay()
                         log.warning("claim failed (%s); retrying in %.2fs", exc, delay)
                         await trio.sleep(delay)
-                        continue
+                        break
                     backoff.reset()
                     jobs = store.claimed_jobs(rows)
                     demand.claimed(asked, len(jobs), generation)
                     for job in jobs:
+                        demand.held.add(job.id)
                         # Start tickets are drawn here, in claim order, so the oldest
                         # job starts first whichever consumer trio happens to run first.
                         # The channel is never full: claims fit the free slots.
@@ -132,3 +141,20 @@ async def claim_forever(
                     await trio.lowlevel.checkpoint()
         finally:
             claim.close()
+
+
+async def _release_lost_claims(
+    db: Database, worker_id: WorkerId, demand: Demand, backoff: Backoff
+) -> bool:
+    """Requeue jobs of a claim whose answer was lost; False while the database is away."""
+    try:
+        released = await db.run(store.release_lost_claims, worker_id, list(demand.held))
+    except ConnectionLost as exc:
+        delay = backoff.next_delay()
+        log.warning("checking for lost claims failed (%s); retrying in %.2fs", exc, delay)
+        await trio.sleep(delay)
+        return False
+    if released:
+        log.warning("%d job(s) of a claim whose answer was lost went back to the queue", released)
+    demand.work_arrived()  # claim again at once
+    return True

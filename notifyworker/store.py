@@ -159,6 +159,15 @@ def record_marks(
     return refused
 
 
+def release_lost_claims(s: Session, worker_id: WorkerId, held: list[JobId]) -> int:
+    """Requeue this worker's `queued` jobs that no consumer holds; wake the others."""
+    with s.transaction():
+        count = len(s.rows("release_lost_claims", worker_id=worker_id, held=held))
+        if count:
+            s.rows("notify_jobs", reason="released")
+    return count
+
+
 def requeue_unstarted(s: Session, worker_id: WorkerId) -> int:
     """Give this worker's claimed-but-unstarted jobs back; wake the others."""
     with s.transaction():

@@ -111,12 +111,15 @@ SET synchronous_commit = off;
 -- only while this worker still holds them under the same claim: a sweeper or
 -- notifyworker.cancel() that decided first wins, and the worker cancels its
 -- handler.
+-- Idempotent: a batch re-sent because the answer to the first try was lost
+-- matches its own earlier write (same start time) and counts no attempt twice.
 UPDATE notifyworker.jobs AS j
-SET status = 'running', started_at = m.started_at, attempts = j.attempts + 1
+SET status = 'running', started_at = m.started_at,
+    attempts = j.attempts + (j.status = 'queued')::integer
 FROM unnest(%(ids)s::bigint[], %(queued_at)s::timestamptz[], %(started_at)s::timestamptz[])
     AS m (id, queued_at, started_at)
-WHERE j.id = m.id AND j.worker_id = %(worker_id)s AND j.status = 'queued'
-  AND j.queued_at = m.queued_at
+WHERE j.id = m.id AND j.worker_id = %(worker_id)s AND j.queued_at = m.queued_at
+  AND (j.status = 'queued' OR (j.status = 'running' AND j.started_at = m.started_at))
 RETURNING j.id;
 
 -- mark_finished --
@@ -161,6 +164,15 @@ FROM settled AS s
 WHERE j.id = s.id AND j.worker_id = %(worker_id)s AND j.status IN ('queued', 'running')
   AND j.queued_at = s.queued_at
 RETURNING j.id, j.status;
+
+-- release_lost_claims --
+-- After a claim whose answer never came (the connection dropped around its
+-- commit): jobs the table says this worker holds, but that no consumer of
+-- it has, go back to the queue, so no job sits `queued` on a live worker.
+UPDATE notifyworker.jobs
+SET status = 'new', worker_id = NULL, queued_at = NULL
+WHERE worker_id = %(worker_id)s AND status = 'queued' AND id <> ALL (%(held)s::bigint[])
+RETURNING id;
 
 -- requeue_unstarted --
 -- On shutdown, hands jobs this worker claimed but never started back to the

@@ -24,9 +24,15 @@ class Entry(BaseModel):
 
 def _write(n: int) -> None:
     conn = getattr(_local, "conn", None)
-    if conn is None:
+    if conn is None or conn.closed:
         conn = _local.conn = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
-    conn.execute("INSERT INTO ledger (n, pid) VALUES (%s, %s)", (n, os.getpid()))
+    try:
+        conn.execute("INSERT INTO ledger (n, pid) VALUES (%s, %s)", (n, os.getpid()))
+    except psycopg.OperationalError:
+        # The server went away (a chaos test): the job fails and is retried,
+        # and the next run here connects afresh.
+        conn.close()
+        raise
 
 
 @task("ledger")

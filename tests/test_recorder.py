@@ -151,3 +151,24 @@ def test_bad_input_is_not_retried(database_url: str, conn: psycopg.Connection[An
     record(database_url, [], [FinishMark(job, claim, bad, None, at)])
     assert story(conn, job)[:2] == ("failed", 0)
     assert scalar(conn, "SELECT count(*) FROM notifyworker.jobs WHERE status = 'new'") == 0
+
+
+def test_a_start_mark_sent_twice_counts_one_attempt(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    # The first write committed but its answer was lost; the recorder sends it again.
+    job, claim = queued(conn)
+    began = datetime.now(UTC)
+    assert record(database_url, [StartMark(job, claim, began)], []) == set()
+    assert record(database_url, [StartMark(job, claim, began)], []) == set()
+    assert story(conn, job)[:3] == ("running", 1, began)
+
+
+def test_claims_whose_answer_was_lost_go_back_to_the_queue(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    (held, _), (lost, _), (theirs, _) = queued(conn), queued(conn), queued(conn, "w2")
+    released = db.run_once(database_url, store.release_lost_claims, W, [held])
+    assert released == 1
+    statuses = dict(conn.execute("SELECT id, status FROM notifyworker.jobs").fetchall())
+    assert statuses == {held: "queued", lost: "new", theirs: "queued"}
