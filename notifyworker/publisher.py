@@ -18,7 +18,7 @@ import trio
 from notifyworker import store
 from notifyworker.backoff import Backoff
 from notifyworker.coordination import Demand
-from notifyworker.db import Database, DirectStatement, ListenConnection
+from notifyworker.db import DirectStatement, ListenConnection
 from notifyworker.errors import ConnectionLost
 from notifyworker.limiter import FixedIntervalLimiter
 from notifyworker.models import Handover, JobId, WorkerId
@@ -89,7 +89,6 @@ def _dispatch(
 
 
 async def claim_forever(
-    db: Database,
     claim: DirectStatement,
     worker_id: WorkerId,
     demand: Demand,
@@ -112,7 +111,7 @@ async def claim_forever(
         try:
             while True:
                 if uncertain:
-                    uncertain = not await _release_lost_claims(db, worker_id, demand, backoff)
+                    uncertain = not await _release_lost_claims(recorder, demand, backoff)
                     continue
                 with trio.move_on_after(poll_interval) as poll:
                     await demand.wait()
@@ -143,12 +142,10 @@ async def claim_forever(
             claim.close()
 
 
-async def _release_lost_claims(
-    db: Database, worker_id: WorkerId, demand: Demand, backoff: Backoff
-) -> bool:
+async def _release_lost_claims(recorder: Recorder, demand: Demand, backoff: Backoff) -> bool:
     """Requeue jobs of a claim whose answer was lost; False while the database is away."""
     try:
-        released = await db.run(store.release_lost_claims, worker_id, list(demand.held))
+        released = await recorder.release_lost_claims(demand.held)
     except ConnectionLost as exc:
         delay = backoff.next_delay()
         log.warning("checking for lost claims failed (%s); retrying in %.2fs", exc, delay)

@@ -85,6 +85,20 @@ class Recorder:
         while self.backlog >= BACKLOG_LIMIT:
             await self._flushed.wait()
 
+    async def release_lost_claims(self, held: set[JobId]) -> int:
+        """Requeue this worker's `queued` jobs that it does not know about.
+
+        A job is known while a consumer holds it (`held`) and until its marks
+        are written; the lock keeps a flush from landing in between, so a job
+        whose outcome is on its way is never mistaken for a lost claim.
+        """
+        async with self._writing:
+            known = held | self._starts.keys() | {mark.job_id for mark in self._finishes}
+            count: int = await self._db.run(
+                store.release_lost_claims, self._worker_id, sorted(known)
+            )
+            return count
+
     async def flush_forever(self) -> NoReturn:
         while True:
             await self._pending.wait()

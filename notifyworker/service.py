@@ -149,7 +149,6 @@ class Worker:
                         claim = DirectStatement(db.url, "claim", setup=("session_async_commit",))
                         claiming.start_soon(
                             claim_forever,
-                            db,
                             claim,
                             self.worker_id,
                             demand,
