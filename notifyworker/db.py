@@ -320,17 +320,9 @@ class ListenConnection:
         pg = conn.pgconn
         sql, _ = _numbered("listener_ping")
         pg.send_query_params(sql, [token.encode()])
-        while pg.flush():
-            await trio.lowlevel.wait_writable(pg.socket)
-        while True:
-            while pg.is_busy():
-                await trio.lowlevel.wait_readable(pg.socket)
-                pg.consume_input()
-            result = pg.get_result()
-            if result is None:
-                return
-            if result.status == pq.ExecStatus.FATAL_ERROR:
-                raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+        await _flushed(pg)
+        while await _next_result(conn) is not None:
+            pass
 
     async def _echo(self, conn: psycopg.Connection[Row], token: str) -> list[tuple[str, str]]:
         others: list[tuple[str, str]] = []
@@ -400,18 +392,12 @@ class DirectStatement:
         assert self._loader is not None
         pg = self._conn.pgconn
         pg.send_query_prepared(self._statement, values)
-        while pg.flush():
-            await trio.lowlevel.wait_writable(pg.socket)
+        await _flushed(pg)
         rows: list[Row] = []
         while True:
-            while pg.is_busy():
-                await trio.lowlevel.wait_readable(pg.socket)
-                pg.consume_input()
-            result = pg.get_result()
+            result = await _next_result(self._conn)
             if result is None:
                 return rows
-            if result.status == pq.ExecStatus.FATAL_ERROR:
-                raise psycopg.errors.error_from_result(result, encoding=self._conn.info.encoding)
             if result.status != pq.ExecStatus.TUPLES_OK:
                 continue
             names = [(result.fname(i) or b"").decode() for i in range(result.nfields)]
@@ -436,3 +422,21 @@ class DirectStatement:
             self._conn.close()
             self._conn = None
             self._loader = None
+
+
+async def _flushed(pg: psycopg.pq.abc.PGconn) -> None:
+    """Wait until libpq has sent the whole query (non-blocking mode)."""
+    while pg.flush():
+        await trio.lowlevel.wait_writable(pg.socket)
+
+
+async def _next_result(conn: psycopg.Connection[Row]) -> psycopg.pq.abc.PGresult | None:
+    """The next result of the query in flight, waiting on the socket; None when all are read."""
+    pg = conn.pgconn
+    while pg.is_busy():
+        await trio.lowlevel.wait_readable(pg.socket)
+        pg.consume_input()
+    result = pg.get_result()
+    if result is not None and result.status == pq.ExecStatus.FATAL_ERROR:
+        raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+    return result
