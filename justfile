@@ -39,6 +39,11 @@ lock *args: setup
     {{bin}}/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
         --custom-compile-command 'just lock' --quiet --output-file requirements/runtime.lock {{args}}
 
+# The deployment files alone (also part of `just test`): the lock, the Containerfile (hadolint, and its
+# install replayed into a venv) and manifests/ (Kubernetes' schemas, as files and as kustomize renders them).
+deploy-check *args: setup
+    {{bin}}/pytest tests/test_deploy.py {{args}}
+
 # The virtual environment with the project and its dev tools; reinstalled when pyproject changes.
 setup:
     #!/usr/bin/env bash
