@@ -642,7 +642,8 @@ class Replay:
             for k, v in os.environ.items()
             if not k.startswith(("NOTIFYWORKER_", "VIRTUAL_ENV")) and k != "DATABASE_URL"
         }
-        self.env = {**outside, "PATH": f"{shim}{os.pathsep}{outside['PATH']}"}
+        self._base_env = {**outside, "PATH": f"{shim}{os.pathsep}{outside['PATH']}"}
+        self.env = dict(self._base_env)
         self.workdir = "/"
         owned = {"/opt/venv"}
         for stage in stages().values():
@@ -659,10 +660,15 @@ class Replay:
     def path(self, text: str) -> str:
         return self._owned.sub(lambda m: str(self.root) + m.group(1), text)
 
+    def inside(self, image_path: str) -> Path:
+        return self.root / os.path.normpath(image_path).lstrip("/")
+
     def here(self) -> Path:
-        return Path(self.path(self.workdir))
+        return self.inside(self.workdir)
 
     def stage(self, stage: Stage, *, run: bool) -> None:
+        # Each stage starts from its base image's environment and folder.
+        self.env, self.workdir = dict(self._base_env), "/"
         for ins in stage.instructions:
             if ins.keyword == "ENV":
                 for word in ins.words():
@@ -706,7 +712,7 @@ class Replay:
             )
 
     def copy(self, sources: list[str], destination: str) -> None:
-        target = Path(self.path(os.path.normpath(os.path.join(self.workdir, destination))))
+        target = self.inside(os.path.join(self.workdir, destination))
         into_folder = destination.endswith("/") or len(sources) > 1
         for source in sources:
             origin = ROOT / source
