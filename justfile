@@ -32,6 +32,18 @@ fmt: setup
 nw *args: setup
     {{bin}}/notifyworker {{args}}
 
+# Re-pin the runtime dependencies (not the extras) with hashes, for the image: requirements/runtime.lock.
+# Universal (every OS, Python 3.11 up) so the image's 3.12 and a 3.11 dev machine install the same pins.
+# `just lock --upgrade` moves every pin to the newest allowed; `--upgrade-package NAME` just one.
+lock *args: setup
+    {{bin}}/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+        --custom-compile-command 'just lock' --quiet --output-file requirements/runtime.lock {{args}}
+
+# The deployment files alone (also part of `just test`): the lock, the Containerfile (hadolint, and its
+# install replayed into a venv) and manifests/ (Kubernetes' schemas, as files and as kustomize renders them).
+deploy-check *args: setup
+    {{bin}}/pytest tests/test_deploy.py {{args}}
+
 # The virtual environment with the project and its dev tools; reinstalled when pyproject changes.
 setup:
     #!/usr/bin/env bash
