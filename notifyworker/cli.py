@@ -83,7 +83,7 @@ def _settings(**flags: Any) -> Settings:
     settings = config.load(**flags)
     from notifyworker import logs  # noqa: PLC0415 - rich logging only for commands that log
 
-    logs.configure(settings.log_level, logging_console)
+    logs.configure(settings.log_level, logging_console, settings.log_format)
     return settings
 
 
