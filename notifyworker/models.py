@@ -22,6 +22,8 @@ class ClaimedJob:
     task: str
     payload: str  # JSON text: the task's model parses it
     timeout: float  # seconds
+    created_at: datetime  # the INSERT, on the database's clock
+    attempts: int  # handler starts before this one
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from notifyworker.models import (
     FinishMark,
     JobId,
     JobRow,
+    JobStatus,
     StartMark,
     Summary,
     SweepReport,
@@ -91,7 +92,12 @@ def claimed_jobs(rows: list[Row]) -> list[ClaimedJob]:
     """Rows the `claim` statement returned, oldest first."""
     jobs = [
         ClaimedJob(
-            id=JobId(row["id"]), task=row["task"], payload=row["payload"], timeout=row["timeout"]
+            id=JobId(row["id"]),
+            task=row["task"],
+            payload=row["payload"],
+            timeout=row["timeout"],
+            created_at=row["created_at"],
+            attempts=row["attempts"],
         )
         for row in rows
     ]
@@ -203,3 +209,19 @@ def summary_since(s: Session, after_id: JobId) -> Summary:
     row = s.one("summary_since", after_id=after_id)
     assert row is not None
     return Summary(**row)
+
+
+# Waiting jobs the status gauge counts one by one; a larger backlog shows as this many.
+COUNT_CAP = 100_000
+
+
+def job_counts(s: Session) -> dict[JobStatus, float]:
+    """Jobs by status for the gauge: active ones counted, finished ones estimated.
+
+    A finished status is missing until an ANALYZE has sampled the table:
+    unknown, which is not the same as none.
+    """
+    counts: dict[JobStatus, float] = {"new": 0.0, "queued": 0.0, "running": 0.0}
+    for row in s.rows("job_counts", cap=COUNT_CAP):
+        counts[row["status"]] = row["jobs"]
+    return counts

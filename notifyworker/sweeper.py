@@ -15,11 +15,14 @@ import trio
 from notifyworker import store
 from notifyworker.db import Database
 from notifyworker.errors import ConnectionLost
+from notifyworker.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
-async def sweep_forever(db: Database, interval: float, dead_worker_after: float) -> NoReturn:
+async def sweep_forever(
+    db: Database, interval: float, dead_worker_after: float, metrics: Metrics
+) -> NoReturn:
     """Sweep every `interval` on absolute deadlines; an outage only skips rounds."""
     next_round = trio.current_time()
     while True:
@@ -28,6 +31,7 @@ async def sweep_forever(db: Database, interval: float, dead_worker_after: float)
         except ConnectionLost as exc:
             log.warning("sweep skipped: %s", exc)
         else:
+            metrics.swept(report)
             if report.acted:
                 log.info(
                     "sweeper: %d overdue job(s) cancelled; %d dead worker(s): "

@@ -20,6 +20,7 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFYWORKER_")}
     base.pop("DATABASE_URL", None)
+    base["NOTIFYWORKER_HEALTH_PORT"] = "0"  # any free port: 8080 may be taken here
     return subprocess.run(
         [sys.executable, "-m", "notifyworker", *args],
         cwd=ROOT,

@@ -1,0 +1,190 @@
+"""Prometheus metrics of one worker, in a registry of its own.
+
+Several workers can share a process (the tests, `up`), so nothing goes to
+prometheus_client's global registry. Counters and histograms are fed by
+one-line hooks where things happen; state that already lives in an object
+(the listener's connects, the recorder's backlog) is read at scrape time;
+the jobs-by-status gauge is refreshed in the background, never by a scrape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import NoReturn
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from notifyworker import store
+from notifyworker.db import Database
+from notifyworker.errors import ConnectionLost, DatabaseError
+from notifyworker.models import ClaimedJob, JobStatus, Outcome, SweepReport
+
+log = logging.getLogger(__name__)
+
+# A `_created` series per label set only doubles what a scrape carries.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# Pickup is milliseconds when the worker keeps up and seconds when it does not.
+PICKUP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Handlers run from a millisecond to their timeout (10 s by default, often more).
+RUN_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+# Waits for a start slot: nothing when the rate keeps up, a backlog's length when not.
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
+
+
+def pickup_seconds(job: ClaimedJob, started_at: datetime) -> float:
+    """From the INSERT to the handler's start, as the table tells it (never negative)."""
+    return max((started_at - job.created_at).total_seconds(), 0.0)
+
+
+class Metrics:
+    """Every metric of one worker; `registry` is what /metrics serves."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self._claimed = Counter(
+            "notifyworker_jobs_claimed", "Jobs this worker claimed.", ["task"], registry=registry
+        )
+        self._started = Counter(
+            "notifyworker_jobs_started",
+            "Jobs whose handler started here.",
+            ["task"],
+            registry=registry,
+        )
+        self._finished = Counter(
+            "notifyworker_jobs_finished",
+            "Jobs that ended here, by final status (done, failed, cancelled).",
+            ["task", "status"],
+            registry=registry,
+        )
+        self._pickup = Histogram(
+            "notifyworker_job_pickup_seconds",
+            "From a job's INSERT to its handler's start (started_at - created_at).",
+            buckets=PICKUP_BUCKETS,
+            registry=registry,
+        )
+        self._run = Histogram(
+            "notifyworker_job_run_seconds",
+            "How long handlers ran (finished_at - started_at).",
+            ["task"],
+            buckets=RUN_BUCKETS,
+            registry=registry,
+        )
+        self._limiter_wait = Histogram(
+            "notifyworker_limiter_wait_seconds",
+            "How long claimed jobs waited for their start slot from the rate limiter.",
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+        self._swept = Counter(
+            "notifyworker_sweeper_jobs",
+            "Jobs this worker's sweeper acted on, by action.",
+            ["action"],
+            registry=registry,
+        )
+        self._dead_workers = Counter(
+            "notifyworker_sweeper_dead_workers",
+            "Workers this worker's sweeper declared dead.",
+            registry=registry,
+        )
+        self.job_counts = JobCounts()
+        registry.register(self.job_counts)
+        self._readings = Readings()
+        registry.register(self._readings)
+
+    def job_claimed(self, job: ClaimedJob) -> None:
+        self._claimed.labels(job.task).inc()
+
+    def limiter_waited(self, seconds: float) -> None:
+        self._limiter_wait.observe(seconds)
+
+    def job_started(self, job: ClaimedJob, started_at: datetime) -> None:
+        self._started.labels(job.task).inc()
+        self._pickup.observe(pickup_seconds(job, started_at))
+
+    def job_finished(
+        self, job: ClaimedJob, outcome: Outcome, started_at: datetime | None, at: datetime
+    ) -> None:
+        self._finished.labels(job.task, outcome.status).inc()
+        if started_at is not None:
+            self._run.labels(job.task).observe(max((at - started_at).total_seconds(), 0.0))
+
+    def swept(self, report: SweepReport) -> None:
+        for action, jobs in (
+            ("cancelled_overdue", report.overdue_cancelled),
+            ("requeued_from_dead_worker", report.rescued_requeued),
+            ("cancelled_on_dead_worker", report.rescued_cancelled),
+        ):
+            if jobs:
+                self._swept.labels(action).inc(jobs)
+        if report.dead_workers:
+            self._dead_workers.inc(report.dead_workers)
+
+    def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A value read from the worker's own state at scrape time."""
+        self._readings.add(GaugeMetricFamily, name, documentation, read)
+
+    def counter(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A count the worker keeps anyway, read at scrape time."""
+        self._readings.add(CounterMetricFamily, name, documentation, read)
+
+
+class Readings(Collector):
+    """Metrics whose values are read from callbacks when scraped."""
+
+    def __init__(self) -> None:
+        self._readings: list[
+            tuple[type[GaugeMetricFamily | CounterMetricFamily], str, str, Callable[[], float]]
+        ] = []
+
+    def add(
+        self,
+        kind: type[GaugeMetricFamily | CounterMetricFamily],
+        name: str,
+        documentation: str,
+        read: Callable[[], float],
+    ) -> None:
+        self._readings.append((kind, name, documentation, read))
+
+    def collect(self) -> Iterator[Metric]:
+        for kind, name, documentation, read in self._readings:
+            yield kind(name, documentation, value=read())
+
+
+class JobCounts(Collector):
+    """The jobs-by-status gauge, as of its last refresh (see `job_counts` in queries.sql)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[JobStatus, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "notifyworker_jobs",
+            "Jobs in the table by status: new, queued and running counted, "
+            "done, failed and cancelled estimated from PostgreSQL's statistics.",
+            labels=["status"],
+        )
+        for status, jobs in self.counts.items():
+            family.add_metric([status], jobs)
+        yield family
+
+
+async def refresh_job_counts(db: Database, counts: JobCounts, interval: float) -> NoReturn:
+    """Refresh the jobs-by-status gauge every `interval`, off every hot path."""
+    said = ""
+    while True:
+        try:
+            counts.counts = await db.run(store.job_counts)
+        except ConnectionLost as exc:
+            log.debug("job counts not refreshed: %s", exc)  # the heartbeat reports outages
+        except DatabaseError as exc:
+            if str(exc) != said:  # once, not every interval: the worker itself is fine
+                log.warning("the jobs-by-status gauge cannot be refreshed: %s", exc)
+                said = str(exc)
+        await trio.sleep(interval)
