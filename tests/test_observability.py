@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -328,3 +329,28 @@ def test_text_log_format_and_a_failed_connection_keep_the_password_out() -> None
     assert result.returncode == 1
     assert "127.0.0.1" in result.stderr
     assert SECRET not in result.stderr + result.stdout
+
+
+def test_a_busy_health_port_is_one_line(database_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "notifyworker", "run"],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "DATABASE_URL": database_url,
+                "NOTIFYWORKER_HEALTH_HOST": "127.0.0.1",
+                "NOTIFYWORKER_HEALTH_PORT": str(port),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("notifyworker: error: the health endpoints cannot listen on")
+    assert "Traceback" not in result.stderr
