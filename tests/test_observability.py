@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -251,8 +252,12 @@ async def test_a_finished_job_is_one_json_line_with_its_facts(
 def with_password(database_url: str) -> str:
     """The test database's URL with a password (trust authentication ignores it)."""
     parts = conninfo_to_dict(database_url)
-    host, port = parts.get("host", "127.0.0.1"), parts.get("port", "5432")
-    return f"postgresql://{parts.get('user', 'postgres')}:{SECRET}@{host}:{port}/{parts['dbname']}"
+    user, host = parts.get("user") or "postgres", str(parts.get("host") or "127.0.0.1")
+    port = parts.get("port") or 5432
+    if host.startswith("/"):  # a socket folder (the embedded server) goes in the query
+        where = f"?host={quote(host, safe='')}&port={port}"
+        return f"postgresql://{user}:{SECRET}@/{parts['dbname']}{where}"
+    return f"postgresql://{user}:{SECRET}@{host}:{port}/{parts['dbname']}"
 
 
 async def test_the_password_is_never_logged_even_when_connections_fail(
