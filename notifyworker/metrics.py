@@ -9,14 +9,21 @@ the jobs-by-status gauge is refreshed in the background, never by a scrape.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import NoReturn
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from notifyworker import store
@@ -42,78 +49,91 @@ def pickup_seconds(job: ClaimedJob, started_at: datetime) -> float:
     return max((started_at - job.created_at).total_seconds(), 0.0)
 
 
+class Buckets:
+    """A histogram's counts, kept without locks: every hook runs on the trio thread."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        les = [repr(float(bound)) for bound in self.bounds] + ["+Inf"]
+        return list(zip(les, itertools.accumulate(self.counts), strict=True))
+
+
+class TaskStats:
+    """Counts of one task's jobs and its run-time histogram."""
+
+    __slots__ = ("claimed", "finished", "run", "started")
+
+    def __init__(self) -> None:
+        self.claimed = 0
+        self.started = 0
+        self.finished: dict[str, int] = {}
+        self.run = Buckets(RUN_BUCKETS)
+
+
 class Metrics:
-    """Every metric of one worker; `registry` is what /metrics serves."""
+    """Every metric of one worker; `registry` is what /metrics serves.
+
+    The per-job hooks run thousands of times a second on the claim-to-finish
+    path, so they bump plain numbers (a microsecond or two per job, where
+    prometheus_client's locked, labelled metrics cost over ten); the collector
+    turns them into metric families when scraped.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        registry = self.registry
-        self._claimed = Counter(
-            "notifyworker_jobs_claimed", "Jobs this worker claimed.", ["task"], registry=registry
-        )
-        self._started = Counter(
-            "notifyworker_jobs_started",
-            "Jobs whose handler started here.",
-            ["task"],
-            registry=registry,
-        )
-        self._finished = Counter(
-            "notifyworker_jobs_finished",
-            "Jobs that ended here, by final status (done, failed, cancelled).",
-            ["task", "status"],
-            registry=registry,
-        )
-        self._pickup = Histogram(
-            "notifyworker_job_pickup_seconds",
-            "From a job's INSERT to its handler's start (started_at - created_at).",
-            buckets=PICKUP_BUCKETS,
-            registry=registry,
-        )
-        self._run = Histogram(
-            "notifyworker_job_run_seconds",
-            "How long handlers ran (finished_at - started_at).",
-            ["task"],
-            buckets=RUN_BUCKETS,
-            registry=registry,
-        )
-        self._limiter_wait = Histogram(
-            "notifyworker_limiter_wait_seconds",
-            "How long claimed jobs waited for their start slot from the rate limiter.",
-            buckets=WAIT_BUCKETS,
-            registry=registry,
-        )
+        self.tasks: dict[str, TaskStats] = {}
+        self.pickup = Buckets(PICKUP_BUCKETS)
+        self.limiter_wait = Buckets(WAIT_BUCKETS)
         self._swept = Counter(
             "notifyworker_sweeper_jobs",
             "Jobs this worker's sweeper acted on, by action.",
             ["action"],
-            registry=registry,
+            registry=self.registry,
         )
         self._dead_workers = Counter(
             "notifyworker_sweeper_dead_workers",
             "Workers this worker's sweeper declared dead.",
-            registry=registry,
+            registry=self.registry,
         )
+        self.registry.register(JobStats(self))
         self.job_counts = JobCounts()
-        registry.register(self.job_counts)
+        self.registry.register(self.job_counts)
         self._readings = Readings()
-        registry.register(self._readings)
+        self.registry.register(self._readings)
+
+    def _task(self, task: str) -> TaskStats:
+        stats = self.tasks.get(task)
+        if stats is None:
+            stats = self.tasks[task] = TaskStats()
+        return stats
 
     def job_claimed(self, job: ClaimedJob) -> None:
-        self._claimed.labels(job.task).inc()
+        self._task(job.task).claimed += 1
 
     def limiter_waited(self, seconds: float) -> None:
-        self._limiter_wait.observe(seconds)
+        self.limiter_wait.observe(seconds)
 
     def job_started(self, job: ClaimedJob, started_at: datetime) -> None:
-        self._started.labels(job.task).inc()
-        self._pickup.observe(pickup_seconds(job, started_at))
+        self._task(job.task).started += 1
+        self.pickup.observe(pickup_seconds(job, started_at))
 
     def job_finished(
         self, job: ClaimedJob, outcome: Outcome, started_at: datetime | None, at: datetime
     ) -> None:
-        self._finished.labels(job.task, outcome.status).inc()
+        stats = self._task(job.task)
+        stats.finished[outcome.status] = stats.finished.get(outcome.status, 0) + 1
         if started_at is not None:
-            self._run.labels(job.task).observe(max((at - started_at).total_seconds(), 0.0))
+            stats.run.observe(max((at - started_at).total_seconds(), 0.0))
 
     def swept(self, report: SweepReport) -> None:
         for action, jobs in (
@@ -133,6 +153,51 @@ class Metrics:
     def counter(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """A count the worker keeps anyway, read at scrape time."""
         self._readings.add(CounterMetricFamily, name, documentation, read)
+
+
+class JobStats(Collector):
+    """The per-job counters and histograms, as metric families."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        tasks = sorted(self._metrics.tasks.items())
+        claimed = CounterMetricFamily(
+            "notifyworker_jobs_claimed", "Jobs this worker claimed.", labels=["task"]
+        )
+        started = CounterMetricFamily(
+            "notifyworker_jobs_started", "Jobs whose handler started here.", labels=["task"]
+        )
+        finished = CounterMetricFamily(
+            "notifyworker_jobs_finished",
+            "Jobs that ended here, by final status (done, failed, cancelled).",
+            labels=["task", "status"],
+        )
+        run = HistogramMetricFamily(
+            "notifyworker_job_run_seconds",
+            "How long handlers ran (finished_at - started_at).",
+            labels=["task"],
+        )
+        for task, stats in tasks:
+            claimed.add_metric([task], stats.claimed)
+            started.add_metric([task], stats.started)
+            for status, jobs in sorted(stats.finished.items()):
+                finished.add_metric([task, status], jobs)
+            run.add_metric([task], stats.run.cumulative(), stats.run.total)
+        yield from (claimed, started, finished, run)
+        yield HistogramMetricFamily(
+            "notifyworker_job_pickup_seconds",
+            "From a job's INSERT to its handler's start (started_at - created_at).",
+            buckets=self._metrics.pickup.cumulative(),
+            sum_value=self._metrics.pickup.total,
+        )
+        yield HistogramMetricFamily(
+            "notifyworker_limiter_wait_seconds",
+            "How long claimed jobs waited for their start slot from the rate limiter.",
+            buckets=self._metrics.limiter_wait.cumulative(),
+            sum_value=self._metrics.limiter_wait.total,
+        )
 
 
 class Readings(Collector):
