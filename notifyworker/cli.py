@@ -1,4 +1,4 @@
-"""The `notifyworker` command: up, run, migrate, enqueue, jobs.
+"""The `notifyworker` command: up, run, migrate, check, enqueue, jobs, rate.
 
 Typer gives typed options, help and shell completion for free; settings still
 come from one pydantic-settings model (flags override NOTIFYWORKER_* env vars).
@@ -22,7 +22,7 @@ from rich.console import Console
 
 from notifyworker import config, console, db, store
 from notifyworker.config import Settings
-from notifyworker.errors import ConfigError, NotifyWorkerError
+from notifyworker.errors import ConfigError, NotifyWorkerError, SchemaOutdated
 from notifyworker.models import JobId, JobRow
 from notifyworker.tasks import import_tasks, registry
 
@@ -61,7 +61,11 @@ LogLevel = Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERRO
 def main() -> None:
     """Entry point: the CLI, with notifyworker's errors as one line each."""
     try:
-        app()
+        try:
+            app()
+        except BaseExceptionGroup as group:
+            # An error inside the worker's nurseries arrives wrapped; alone, it is one line too.
+            raise _alone(group) from None
     except ConfigError as exc:
         _fail(exc, code=2)
     except NotifyWorkerError as exc:
@@ -71,6 +75,21 @@ def main() -> None:
         # embedded PostgreSQL starts): nothing was claimed, so just leave.
         print("notifyworker: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def _alone(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The group's only notifyworker error, or the group itself."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if len(leaves) == 1 and isinstance(leaves[0], NotifyWorkerError):
+        return leaves[0]
+    return group
 
 
 def _fail(exc: Exception, code: int) -> NoReturn:
@@ -83,7 +102,7 @@ def _settings(**flags: Any) -> Settings:
     settings = config.load(**flags)
     from notifyworker import logs  # noqa: PLC0415 - rich logging only for commands that log
 
-    logs.configure(settings.log_level, logging_console)
+    logs.configure(settings.log_level, logging_console, settings.log_format)
     return settings
 
 
@@ -93,6 +112,19 @@ def migrate(database_url: DatabaseUrl = None, log_level: LogLevel = None) -> Non
     settings = _settings(database_url=database_url, log_level=log_level)
     applied = db.run_once(settings.url(), store.migrate)
     print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@app.command()
+def check(database_url: DatabaseUrl = None) -> None:
+    """Exit 0 when the database answers and its schema is current: an exec probe."""
+    settings = _settings(database_url=database_url, log_level="WARNING")
+    pending = db.run_once(settings.url(), store.pending_migrations)
+    if pending:
+        raise SchemaOutdated(
+            f"the schema is not up to date ({len(pending)} migration(s) pending): "
+            "run `notifyworker migrate`"
+        )
+    print("ok: the database answers and the schema is current")
 
 
 @app.command()
@@ -160,6 +192,12 @@ def up(
         data_dir=data_dir,
         log_level=log_level,
         _console=out if live else None,
+    )
+    # A laptop's demo: the endpoints for this machine only, not the whole network, and
+    # on any free port (the log says which), so a busy 8080 never stops the demo.
+    laptop = {"health_host": "127.0.0.1", "health_port": 0}
+    settings = settings.model_copy(
+        update={k: v for k, v in laptop.items() if k not in settings.model_fields_set}
     )
     with _database(settings) as url:
         settings = settings.model_copy(update={"database_url": SecretStr(url)})

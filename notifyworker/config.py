@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AliasChoices,
@@ -19,6 +19,8 @@ from notifyworker.errors import ConfigError
 
 # Where `up` keeps its embedded PostgreSQL between runs, relative to the cwd.
 DEFAULT_DATA_DIR = Path(".notifyworker/pg")
+# The conventional port of a pod's probes and metrics.
+DEFAULT_HEALTH_PORT = 8080
 
 
 class Settings(BaseSettings):
@@ -98,6 +100,28 @@ class Settings(BaseSettings):
         default=DEFAULT_DATA_DIR, description="Data folder of the embedded PostgreSQL."
     )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto",
+        description="json: a JSON object a line; text: readable lines; auto: JSON off a terminal.",
+    )
+    health_port: int | None = Field(
+        default=DEFAULT_HEALTH_PORT,
+        ge=0,
+        le=65535,
+        description="Port of /livez, /readyz and /metrics; 0 picks a free one; off disables them.",
+    )
+    health_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - probes and scrapers reach a pod on its own address
+        min_length=1,
+        description="Address the health and metrics endpoints listen on.",
+    )
+
+    @field_validator("health_port", mode="before")
+    @classmethod
+    def _port_off(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in {"off", "none", ""}:
+            return None
+        return value
 
     @field_validator("tasks", mode="before")
     @classmethod

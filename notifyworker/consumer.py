@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -20,8 +20,9 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 from notifyworker.coordination import Demand, EarlyCancels, RunningJobs
 from notifyworker.errors import InvalidPayload, TaskError
 from notifyworker.limiter import NO_TICKET, FixedIntervalLimiter
+from notifyworker.metrics import Metrics, pickup_seconds
 from notifyworker.models import ClaimedJob, Handover, Outcome
-from notifyworker.recorder import Recorder
+from notifyworker.recorder import Recorder, now
 from notifyworker.tasks import Registry
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class ConsumerContext:
     # the sweeper (the authority on deadlines) never said so (watch_deadlines).
     backstop_grace: float
     stopping: bool = False
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 async def consume(recv: trio.MemoryReceiveChannel[Handover], ctx: ConsumerContext) -> None:
@@ -79,6 +81,7 @@ async def consume(recv: trio.MemoryReceiveChannel[Handover], ctx: ConsumerContex
 async def _run_one(
     job: ClaimedJob, ticket: int, scope: trio.CancelScope, ctx: ConsumerContext
 ) -> None:
+    ctx.metrics.job_claimed(job)
     if ctx.stopping:
         ctx.limiter.abandon(ticket)
         return  # left queued: the service hands it back on the way out
@@ -100,15 +103,18 @@ async def _run_one(
         # Only a paced job needs a scope the stop can cancel while it waits.
         with trio.CancelScope() as pacing:
             ctx.pacing.add(job.id, pacing)
+            paced_at = trio.current_time()
             try:
                 await ctx.limiter.wait(ticket)
             finally:
                 ctx.pacing.remove(job.id)
+                ctx.metrics.limiter_waited(trio.current_time() - paced_at)
         if pacing.cancelled_caught or ctx.stopping:
             return
     if ctx.early_cancels.take(job.id):
         return  # the table already says cancelled; nothing to record
     started_at = ctx.recorder.started(job)
+    ctx.metrics.job_started(job, started_at)
     ctx.running.add(job.id, scope, trio.current_time() + job.timeout + ctx.backstop_grace)
     outcome: Outcome | None = None
     try:
@@ -146,19 +152,44 @@ def _finished(
     job: ClaimedJob, outcome: Outcome, started_at: datetime | None, ctx: ConsumerContext
 ) -> None:
     ctx.recorder.finished(job, outcome, started_at)
-    if outcome.status == "done":
-        log.info("job %s %s done", job.id, job.task)
+    at = now()
+    ctx.metrics.job_finished(job, outcome, started_at, at)
+    _log_finished(job, outcome, started_at, at)
+
+
+def _log_finished(
+    job: ClaimedJob, outcome: Outcome, started_at: datetime | None, at: datetime
+) -> None:
+    """The job's one log line; its facts are fields too (keys of a JSON line)."""
+    level = logging.INFO if outcome.status == "done" else logging.WARNING
+    if not log.isEnabledFor(level):
         return
     ran = started_at is not None
+    attempts = job.attempt if ran else job.attempt - 1
     again = ran and outcome.retryable and job.attempt < job.max_attempts
-    log.warning(
-        "job %s %s %s%s: %s",
-        job.id,
-        job.task,
-        outcome.status,
-        f" (attempt {job.attempt} of {job.max_attempts}, will retry)" if again else "",
-        outcome.error,
-    )
+    pickup_ms = run_ms = None
+    timing = "never started"
+    if started_at is not None:
+        pickup_ms = round(pickup_seconds(job, started_at) * 1000, 3)
+        run_ms = round((at - started_at).total_seconds() * 1000, 3)
+        timing = f"ran {run_ms:g} ms, picked up in {pickup_ms:g} ms"
+    fields = {
+        "job_id": job.id,
+        "task": job.task,
+        "status": outcome.status,
+        "attempts": attempts,
+        "max_attempts": job.max_attempts,
+        "will_retry": again,
+        "pickup_ms": pickup_ms,
+        "run_ms": run_ms,
+        "error": outcome.error,
+    }
+    error = f": {outcome.error}" if outcome.error else ""
+    retry = ", will retry" if again else ""
+    log.log(
+        level, "job %s %s %s (%s, attempt %d of %d%s)%s", job.id, job.task, outcome.status,
+        timing, attempts, job.max_attempts, retry, error, extra=fields,
+    )  # fmt: skip
 
 
 def _done(result: Any) -> Outcome:

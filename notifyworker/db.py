@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 from collections.abc import Callable, Iterator
 from typing import Any, Concatenate, LiteralString, ParamSpec, TypeVar
@@ -225,12 +226,16 @@ class Database:
         )
         # One thread per pooled connection: more would only wait on the pool.
         self._threads = trio.CapacityLimiter(size)
+        # When a unit of work last succeeded (trio's clock): readiness reads it
+        # instead of sending a query of its own that could hang the probe.
+        self.last_success = -math.inf
 
     async def open(self) -> None:
         """Connect once up front, so a wrong URL fails now with libpq's own reason."""
         conn = await trio.to_thread.run_sync(connect, self.url, "pool")
         conn.close()
         await trio.to_thread.run_sync(self._pool.open)
+        self.last_success = trio.current_time()
 
     async def close(self) -> None:
         await trio.to_thread.run_sync(self._pool.close)
@@ -243,9 +248,11 @@ class Database:
         Not cancellable once started: a statement sent to PostgreSQL always
         gets its answer read, so the caller never guesses what happened.
         """
-        return await trio.to_thread.run_sync(
+        result = await trio.to_thread.run_sync(
             self._run_sync, fn, args, kwargs, limiter=self._threads
         )
+        self.last_success = trio.current_time()
+        return result
 
     def _run_sync(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         with _translated(self.url), self._pool.connection() as conn:
@@ -258,10 +265,18 @@ class ListenConnection:
     def __init__(self, url: str) -> None:
         self.url = url
         self._conn: psycopg.Connection[Row] | None = None
+        # Successful connects so far: every one after the first is a reconnect.
+        self.connects = 0
+
+    @property
+    def listening(self) -> bool:
+        """Connected, with every LISTEN issued (as far as this side knows)."""
+        return self._conn is not None and not self._conn.closed
 
     async def connect(self, channels: tuple[str, ...]) -> None:
         """Connect and LISTEN on each named query (`listen_jobs`, …)."""
         self._conn = await trio.to_thread.run_sync(self._connect_sync, channels)
+        self.connects += 1
 
     def _connect_sync(self, channels: tuple[str, ...]) -> psycopg.Connection[Row]:
         conn = connect(self.url, "listener")

@@ -8,7 +8,8 @@
     └── DatabaseError        PostgreSQL refused or could not be reached
         ├── ConnectionLost   the connection dropped; retrying may help
         ├── RowRejected      a row broke a constraint
-        └── SchemaMissing    `notifyworker migrate` has not run
+        ├── SchemaMissing    `notifyworker migrate` has not run
+        └── SchemaOutdated   migrations are pending
 
 Every message is written for the person reading the log: a user's mistake is
 shown as this one line at the CLI boundary, never as a traceback.
@@ -54,6 +55,10 @@ class RowRejected(DatabaseError):
 
 class SchemaMissing(DatabaseError):
     """The notifyworker schema is missing: run `notifyworker migrate`."""
+
+
+class SchemaOutdated(DatabaseError):
+    """The notifyworker schema is behind this version: run `notifyworker migrate`."""
 
 
 class AccessDenied(ConnectionLost):

@@ -25,6 +25,7 @@ class ClaimedJob:
     claimed_at: datetime  # the row's queued_at: the fence the marks carry back
     attempt: int  # which start this is, counting from 1
     max_attempts: int
+    created_at: datetime  # the INSERT, on the database's clock
 
 
 @dataclass(frozen=True, slots=True)

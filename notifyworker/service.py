@@ -2,6 +2,7 @@
 
     root nursery
     ├── heartbeat                      (until the very end)
+    ├── health server, job counts      (/livez, /readyz, /metrics; until the very end)
     ├── grace timer                    (once a stop is asked)
     └── watchers nursery               (listener, sweeper, recorder)
         └── consumers nursery          (`concurrency` consumers)
@@ -31,8 +32,10 @@ from notifyworker.consumer import ConsumerContext, consume, watch_deadlines
 from notifyworker.coordination import Demand, EarlyCancels, RunningJobs
 from notifyworker.db import Database, DirectStatement, ListenConnection, redact
 from notifyworker.errors import AccessDenied, ConnectionLost, DatabaseError
+from notifyworker.health import make_app, serve
 from notifyworker.heartbeat import beat_forever, register
 from notifyworker.limiter import FixedIntervalLimiter
+from notifyworker.metrics import Metrics, refresh_job_counts
 from notifyworker.models import Handover, JobId, RetryPolicy, WorkerId
 from notifyworker.publisher import claim_forever, listen
 from notifyworker.recorder import Recorder
@@ -49,6 +52,9 @@ WATCHDOG_INTERVAL = 0.5
 # Pooled connections a worker needs (the listener and the claimer have their
 # own): the recorder's flushes, the sweeper, the heartbeat, and some slack.
 POOL_SIZE = 6
+# Ready only while some unit of work reached the database within this many
+# heartbeat intervals (the heartbeat alone makes one every interval).
+READY_WITHIN_BEATS = 3
 
 
 def new_worker_id() -> WorkerId:
@@ -69,6 +75,12 @@ class Worker:
         self.retry = RetryPolicy(settings.retry_backoff, settings.retry_backoff_max)
         self.stop_requested = trio.Event()
         self._grace_over = trio.Event()
+        self.metrics = Metrics()
+        # The port /livez, /readyz and /metrics listen on, once `run` started them.
+        self.health_port: int | None = None
+        self._db: Database | None = None
+        self._listener: ListenConnection | None = None
+        self._started = False
 
     def stop(self) -> None:
         """Ask for a graceful stop; a second call ends the grace period at once."""
@@ -91,6 +103,7 @@ class Worker:
                         beat_forever, db, self.worker_id, settings.heartbeat_interval,
                         self.limiter, settings.rate,
                     )  # fmt: skip
+                    await self._observe(db, root)
                     await self._pipeline(db, root, task_status)
                     root.cancel_scope.cancel()
             finally:
@@ -116,11 +129,13 @@ class Worker:
             early_cancels=self.early_cancels,
             max_payload_bytes=settings.max_payload_bytes,
             backstop_grace=settings.sweep_interval + 1.0,
+            metrics=self.metrics,
         )
         # Room for every job the claimer may hold (it claims no more than the free
         # slots), so handing a batch over never blocks and costs no task switch.
         send, recv = trio.open_memory_channel[Handover](settings.concurrency)
-        listener = ListenConnection(db.url)
+        listener = self._listener = ListenConnection(db.url)
+        self._read_state(listener, recorder, demand)
         try:
             # The listener and the sweeper outlive the consumers: while jobs run out
             # their grace, deadlines are still enforced and cancellations still heard.
@@ -138,6 +153,7 @@ class Worker:
                     settings.sweep_interval,
                     settings.dead_worker_after,
                     self.retry,
+                    self.metrics,
                 )
                 watchers.start_soon(recorder.flush_forever)
                 watchers.start_soon(watch_deadlines, self.running, WATCHDOG_INTERVAL)
@@ -157,6 +173,7 @@ class Worker:
                             send,
                             settings.poll_interval,
                         )
+                        self._started = True
                         task_status.started(self.worker_id)
                         await self.stop_requested.wait()
                         log.info(
@@ -212,6 +229,65 @@ class Worker:
             log.info("job %s cancelled while running here", job_id)
         elif not self.pacing.cancel(job_id, reason):
             self.early_cancels.add(job_id)
+
+    async def _observe(self, db: Database, root: trio.Nursery) -> None:
+        """Serve /livez, /readyz and /metrics (port bound before `run` reports started)."""
+        self._db = db
+        root.start_soon(
+            refresh_job_counts, db, self.metrics.job_counts, self.settings.heartbeat_interval
+        )
+        if self.settings.health_port is not None:
+            app = make_app(self.not_ready, self.metrics.registry)
+            self.health_port = await root.start(
+                serve, app, self.settings.health_host, self.settings.health_port
+            )
+
+    def not_ready(self) -> str | None:
+        """Why this worker should get no traffic now (/readyz says it), or None.
+
+        Never a query of its own: the listener's state and the time of the last
+        unit of work that reached the database, so a hung database cannot hang
+        the probe. Stopping is not ready, so traffic moves on while jobs drain.
+        """
+        if self.stop_requested.is_set():
+            return "stopping"
+        if not self._started or self._db is None:
+            return "starting"
+        if self._listener is None or not self._listener.listening:
+            return "not listening: the listener connection is down"
+        silent = trio.current_time() - self._db.last_success
+        if silent > READY_WITHIN_BEATS * self.settings.heartbeat_interval:
+            return f"the database has not answered for {silent:.1f}s"
+        return None
+
+    def _read_state(self, listener: ListenConnection, recorder: Recorder, demand: Demand) -> None:
+        """Metrics read from state the worker keeps anyway, when scraped."""
+        metrics, concurrency = self.metrics, self.settings.concurrency
+        metrics.counter(
+            "notifyworker_listener_reconnects",
+            "Times the listener connected again after losing its connection.",
+            lambda: max(listener.connects - 1, 0),
+        )
+        metrics.gauge(
+            "notifyworker_listener_connected",
+            "1 while the listener is connected and LISTENing.",
+            lambda: float(listener.listening),
+        )
+        metrics.gauge(
+            "notifyworker_consumers_busy",
+            "Consumer slots holding a claimed job (waiting for a start slot or running).",
+            lambda: concurrency - demand.free,
+        )
+        metrics.gauge(
+            "notifyworker_recorder_backlog",
+            "Start and finish marks not yet written to the table.",
+            lambda: recorder.backlog,
+        )
+        metrics.gauge(
+            "notifyworker_rate",
+            "Job starts per second this worker allows; 0 = unlimited.",
+            lambda: self.limiter.rate,
+        )
 
     async def _sign_off(self, db: Database) -> None:
         try:

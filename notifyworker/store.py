@@ -16,6 +16,7 @@ from notifyworker.models import (
     FinishMark,
     JobId,
     JobRow,
+    JobStatus,
     RetryPolicy,
     StartMark,
     Summary,
@@ -102,6 +103,7 @@ def claimed_jobs(rows: list[Row]) -> list[ClaimedJob]:
             claimed_at=row["queued_at"],
             attempt=row["attempts"] + 1,
             max_attempts=row["max_attempts"],
+            created_at=row["created_at"],
         )
         for row in rows
     ]
@@ -252,3 +254,19 @@ def summary_since(s: Session, after_id: JobId) -> Summary:
     row = s.one("summary_since", after_id=after_id)
     assert row is not None
     return Summary(**row)
+
+
+# Waiting jobs the status gauge counts one by one; a larger backlog shows as this many.
+COUNT_CAP = 100_000
+
+
+def job_counts(s: Session) -> dict[JobStatus, float]:
+    """Jobs by status for the gauge: active ones counted, finished ones estimated.
+
+    A finished status is missing until an ANALYZE has sampled the table:
+    unknown, which is not the same as none.
+    """
+    counts: dict[JobStatus, float] = {"new": 0.0, "queued": 0.0, "running": 0.0}
+    for row in s.rows("job_counts", cap=COUNT_CAP):
+        counts[row["status"]] = row["jobs"]
+    return counts

@@ -15,13 +15,18 @@ import trio
 from notifyworker import store
 from notifyworker.db import Database
 from notifyworker.errors import ConnectionLost
+from notifyworker.metrics import Metrics
 from notifyworker.models import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 
 async def sweep_forever(
-    db: Database, interval: float, dead_worker_after: float, retry: RetryPolicy
+    db: Database,
+    interval: float,
+    dead_worker_after: float,
+    retry: RetryPolicy,
+    metrics: Metrics,
 ) -> NoReturn:
     """Sweep every `interval` on absolute deadlines; an outage only skips rounds."""
     next_round = trio.current_time()
@@ -31,6 +36,7 @@ async def sweep_forever(
         except ConnectionLost as exc:
             log.warning("sweep skipped: %s", exc)
         else:
+            metrics.swept(report)
             if report.acted:
                 log.info(
                     "sweeper: overdue jobs: %d retried, %d cancelled; %d dead worker(s): "

@@ -90,9 +90,10 @@ SET status = 'queued', queued_at = clock_timestamp(), worker_id = %(worker_id)s
 FROM picked
 WHERE j.id = picked.id
 -- Only what a consumer needs: every column loaded costs the claim's hot path.
--- The payload comes as JSON text, parsed once, by the task's own model.
+-- The payload comes as JSON text, parsed once, by the task's own model;
+-- queued_at is the marks' fence, created_at and attempts feed the metrics and the log line.
 RETURNING j.id, j.task, j.payload::text AS payload, extract(epoch FROM j.timeout)::float8 AS timeout,
-          j.queued_at, j.attempts, j.max_attempts;
+          j.queued_at, j.created_at, j.attempts, j.max_attempts;
 
 -- async_commit --
 -- For transactions whose loss in a server crash costs at most a re-run (a
@@ -321,3 +322,33 @@ WHERE id > %(after_id)s;
 -- last_job_id --
 -- Where `up` starts counting its own jobs.
 SELECT coalesce(max(id), 0) AS id FROM notifyworker.jobs;
+
+-- job_counts --
+-- The jobs-by-status gauge, cheap on a table of millions and never a count
+-- of the whole table. Active jobs are counted through their partial indexes
+-- (jobs_waiting, jobs_on_worker), the waiting ones up to %(cap)s. Finished
+-- jobs are estimated: the table's live rows from the statistics PostgreSQL
+-- keeps anyway, less the active ones, split in the proportions of the
+-- status values the last ANALYZE sampled (none before the first ANALYZE).
+WITH active AS (
+    SELECT 'new' AS status, count(*) AS jobs
+    FROM (SELECT FROM notifyworker.jobs WHERE status = 'new' LIMIT %(cap)s) AS waiting
+    UNION ALL
+    SELECT status, count(*) FROM notifyworker.jobs
+    WHERE status IN ('queued', 'running')
+    GROUP BY status
+), sampled AS (
+    SELECT s.status, s.freq
+    FROM pg_stats,
+        unnest(most_common_vals::text::text[], most_common_freqs) AS s (status, freq)
+    WHERE schemaname = 'notifyworker' AND tablename = 'jobs' AND attname = 'status'
+        AND s.status IN ('done', 'failed', 'cancelled')
+), finished AS (
+    SELECT greatest(n_live_tup - (SELECT sum(jobs) FROM active), 0) AS jobs
+    FROM pg_stat_user_tables
+    WHERE relid = 'notifyworker.jobs'::regclass
+)
+SELECT status, jobs::float8 AS jobs FROM active
+UNION ALL
+SELECT sampled.status, round(finished.jobs * sampled.freq / sum(sampled.freq) OVER ())::float8
+FROM sampled, finished;

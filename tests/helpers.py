@@ -24,6 +24,7 @@ def fast_settings(url: str, **overrides: Any) -> Settings:
         "heartbeat_interval": 0.2,
         "dead_worker_after": 2.0,
         "shutdown_grace": 5.0,
+        "health_port": 0,  # any free port: many workers share the test machine
     }
     values.update(overrides)
     return Settings(**values)

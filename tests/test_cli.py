@@ -1,4 +1,4 @@
-"""The CLI as a user meets it: one-line errors, `jobs`, and `up --duration`."""
+"""The CLI as a user meets it: one-line errors, `jobs`, `check`, and `up --duration`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFYWORKER_")}
     base.pop("DATABASE_URL", None)
+    base["NOTIFYWORKER_HEALTH_PORT"] = "0"  # any free port: 8080 may be taken here
     return subprocess.run(
         [sys.executable, "-m", "notifyworker", *args],
         cwd=ROOT,
@@ -203,3 +204,28 @@ def test_cancel_command(database_url: str, conn: psycopg.Connection[Any]) -> Non
     missing = cli("cancel", "999999", env=env)
     assert missing.returncode == 2
     assert "there is no job 999999" in one_line_error(missing)
+
+
+def test_check_passes_on_a_current_schema(database_url: str) -> None:
+    result = cli("check", env={"DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines() == [
+        "ok: the database answers and the schema is current"
+    ]
+
+
+def test_check_fails_in_one_line_when_migrations_are_pending(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    conn.execute("DELETE FROM notifyworker.migrations WHERE version = 3")
+    result = cli("check", env={"DATABASE_URL": database_url})
+    assert result.returncode == 1
+    assert "1 migration(s) pending" in one_line_error(result)
+
+
+def test_check_fails_in_one_line_without_a_schema_or_a_database(empty_database_url: str) -> None:
+    no_schema = cli("check", env={"DATABASE_URL": empty_database_url})
+    unreachable = cli("check", env={"DATABASE_URL": "postgresql://x:s3cret@127.0.0.1:1/none"})
+    assert [no_schema.returncode, unreachable.returncode] == [1, 1]
+    assert "notifyworker migrate" in one_line_error(no_schema)
+    assert "s3cret" not in one_line_error(unreachable)

@@ -18,7 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def spawn(url: str, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "DATABASE_URL": url, "NOTIFYWORKER_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "NOTIFYWORKER_LOG_LEVEL": "WARNING",
+        "NOTIFYWORKER_HEALTH_PORT": "0",
+    }
     return subprocess.Popen(
         [sys.executable, "-m", "notifyworker", "run", "--tasks", "tests.ledger_tasks", *args],
         cwd=ROOT,

@@ -46,3 +46,11 @@ def test_claim_and_sweep_use_the_partial_indexes(conn: psycopg.Connection[Any]) 
         plan = plan_text(conn, name, worker_id="w1", **extra)
         assert "jobs_on_worker" in plan, name
         assert "Seq Scan on jobs" not in plan, name
+
+
+def test_the_status_gauge_never_scans_the_table(conn: psycopg.Connection[Any]) -> None:
+    fill(conn)
+    plan = plan_text(conn, "job_counts", cap=100_000)
+    assert "jobs_waiting" in plan
+    assert "jobs_on_worker" in plan
+    assert "Seq Scan on jobs" not in plan

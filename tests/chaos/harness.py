@@ -43,6 +43,8 @@ FLEET_ENV = {
     "NOTIFYWORKER_SHUTDOWN_GRACE": "10",
     "NOTIFYWORKER_STARTUP_TIMEOUT": "60",
     "NOTIFYWORKER_LOG_LEVEL": "WARNING",
+    # Two workers on one machine: each takes a free port for its probes.
+    "NOTIFYWORKER_HEALTH_PORT": "0",
 }
 # Each job may start this often: a rescued job runs again instead of ending cancelled.
 MAX_ATTEMPTS = 5

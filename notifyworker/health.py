@@ -1,0 +1,143 @@
+"""/livez, /readyz and /metrics over HTTP, for Kubernetes' probes and Prometheus.
+
+A raw ASGI app (three paths need no framework) served by hypercorn's trio
+worker inside the worker's own nursery: it answers from the event loop it
+vouches for, and stops with the worker. No probe ever waits on the database:
+readiness reads state the worker keeps anyway.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import NoReturn
+
+import hypercorn.trio
+import trio
+from hypercorn.config import Config, Sockets
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Scope,
+)
+from prometheus_client import CollectorRegistry, make_asgi_app
+
+from notifyworker.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Why the worker should get no traffic right now, or None when it should.
+Readiness = Callable[[], str | None]
+
+
+def make_app(readiness: Readiness, registry: CollectorRegistry) -> ASGIFramework:
+    """The ASGI app: liveness, readiness with a one-line reason, and the registry's metrics."""
+    metrics = make_asgi_app(registry)
+
+    async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # a websocket: refused by returning without accepting
+        path = scope["path"]
+        if path == "/metrics":
+            # prometheus_client's own app negotiates OpenMetrics and gzip.
+            await metrics(scope, receive, send)
+            return
+        if path == "/livez":
+            # Answering at all is the proof: this runs on the worker's event loop.
+            status, text = 200, "alive"
+        elif path == "/readyz":
+            reason = readiness()
+            status, text = (200, "ready") if reason is None else (503, reason)
+        else:
+            status, text = 404, "not found: try /livez, /readyz or /metrics"
+        await _respond(send, status, text)
+
+    return app
+
+
+async def _respond(send: ASGISendCallable, status: int, text: str) -> None:
+    body = f"{text}\n".encode()
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ],
+        "trailers": False,
+    }
+    await send(start)
+    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+    await send(end)
+
+
+async def _lifespan(receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    """Nothing to set up or tear down; answering keeps hypercorn from warning."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+class _PreBound(Config):
+    """hypercorn's config, with the sockets bound before it serves them.
+
+    Binding first makes a busy port one clear error, raised before the
+    worker reports started; keeping the sockets lets us close them however
+    the server ends (hypercorn leaves that to its listeners).
+    """
+
+    sockets: Sockets | None = None
+
+    def create_sockets(self) -> Sockets:
+        if self.sockets is None:
+            self.sockets = super().create_sockets()
+        return self.sockets
+
+    def close(self) -> None:
+        if self.sockets is not None:
+            for sock in (*self.sockets.secure_sockets, *self.sockets.insecure_sockets):
+                sock.close()
+
+
+async def serve(
+    app: ASGIFramework,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve `app` until cancelled; report started, with the bound port, once it listens."""
+    config = _PreBound()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None  # a line per probe, every few seconds, says nothing
+    # hypercorn's own lines ("Running on …") go through logging like ours.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.include_server_header = False
+    try:
+        sockets = config.create_sockets()
+    except OSError as exc:
+        raise ConfigError(
+            f"the health endpoints cannot listen on {host}:{port}: {exc.strerror or exc}"
+            " (NOTIFYWORKER_HEALTH_PORT sets another port, 0 any free one, off none)"
+        ) from None
+    try:
+        bound = sockets.insecure_sockets[0].getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(hypercorn.trio.serve, app, config))
+            log.info("health and metrics on http://%s:%d (/livez, /readyz, /metrics)", host, bound)
+            task_status.started(bound)
+            await trio.sleep_forever()
+    finally:
+        config.close()
