@@ -148,7 +148,8 @@ def run(
         log_level=log_level,
     )
     import_tasks(settings.tasks)
-    _require_schema(settings.url())
+    # No schema check here: the worker waits for the database and the schema
+    # (a migration Job may still be running), up to NOTIFYWORKER_STARTUP_TIMEOUT.
     trio.run(_run_worker, settings)
 
 
@@ -307,12 +308,3 @@ def _print_jobs(rows: list[JobRow]) -> None:
     else:
         for row in rows:
             print(console.plain_line(row))
-
-
-def _require_schema(url: str) -> None:
-    pending = db.run_once(url, store.pending_migrations)
-    if pending:
-        raise ConfigError(
-            f"the schema is not up to date ({len(pending)} migration(s) pending): "
-            "run `notifyworker migrate` first"
-        )

@@ -31,7 +31,13 @@ from notifyworker.config import Settings
 from notifyworker.consumer import ConsumerContext, consume, watch_deadlines
 from notifyworker.coordination import Demand, EarlyCancels, RunningJobs
 from notifyworker.db import Database, DirectStatement, ListenConnection, redact
-from notifyworker.errors import AccessDenied, ConnectionLost, DatabaseError
+from notifyworker.errors import (
+    AccessDenied,
+    ConnectionLost,
+    DatabaseError,
+    SchemaMissing,
+    SchemaOutdated,
+)
 from notifyworker.health import make_app, serve
 from notifyworker.heartbeat import beat_forever, register
 from notifyworker.limiter import FixedIntervalLimiter
@@ -81,6 +87,8 @@ class Worker:
         self._db: Database | None = None
         self._listener: ListenConnection | None = None
         self._started = False
+        # What start-up waits for (the database, the schema), for /readyz.
+        self._waiting_for: str | None = None
 
     def stop(self) -> None:
         """Ask for a graceful stop; a second call ends the grace period at once."""
@@ -94,21 +102,28 @@ class Worker:
         settings = self.settings
         url = settings.url()
         db = Database(url, size=POOL_SIZE)
-        await self._connect(db)
+        self._db = db
         try:
-            log.info("worker %s connected to %s", self.worker_id, redact(url))
-            try:
-                async with trio.open_nursery() as root:
-                    root.start_soon(
-                        beat_forever, db, self.worker_id, settings.heartbeat_interval,
-                        self.limiter, settings.rate,
-                    )  # fmt: skip
-                    await self._observe(db, root)
-                    await self._pipeline(db, root, task_status)
-                    root.cancel_scope.cancel()
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(FINAL_WRITE_LIMIT):
-                    await self._sign_off(db)
+            async with trio.open_nursery() as root:
+                # Probes answer from the first moment: /livez at once, /readyz
+                # saying what the worker waits for.
+                await self._serve_health(root)
+                if await self._connect(db):
+                    try:
+                        log.info("worker %s connected to %s", self.worker_id, redact(url))
+                        root.start_soon(
+                            beat_forever, db, self.worker_id, settings.heartbeat_interval,
+                            self.limiter, settings.rate,
+                        )  # fmt: skip
+                        root.start_soon(
+                            refresh_job_counts, db, self.metrics.job_counts,
+                            settings.heartbeat_interval,
+                        )  # fmt: skip
+                        await self._pipeline(db, root, task_status)
+                    finally:
+                        with trio.CancelScope(shield=True), trio.move_on_after(FINAL_WRITE_LIMIT):
+                            await self._sign_off(db)
+                root.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await db.close()
@@ -191,36 +206,49 @@ class Worker:
         finally:
             listener.close()
 
-    async def _connect(self, db: Database) -> None:
-        """Open the pool and register, retrying while the database cannot be reached.
+    async def _connect(self, db: Database) -> bool:
+        """Open the pool, wait for the schema, register; False if stopped meanwhile.
 
-        A database that is down or still starting is waited for (a log line
-        per attempt), so a worker started before its database does not crash
-        in a loop; one that refuses this URL is a mistake, reported at once.
+        A database that is down or still starting, or a schema its migration
+        Job has not brought up to date yet, is waited for (a log line per
+        attempt), so a worker started before them does not crash in a loop.
+        A server that refuses this URL is a mistake, reported at once.
         """
         backoff = Backoff(first=0.5)
         limit = self.settings.startup_timeout
-        with trio.move_on_after(limit if limit > 0 else math.inf) as waiting:
+        with trio.move_on_after(limit if limit > 0 else math.inf):
             while True:
                 try:
                     await db.open()
-                    await register(db, self.worker_id)
-                    return
+                    pending = await db.run(store.pending_migrations)
+                    if not pending:
+                        await register(db, self.worker_id)
+                        self._waiting_for = None
+                        return True
+                    self._waiting_for = (
+                        f"the schema is not up to date ({len(pending)} migration(s) pending): "
+                        "waiting for `notifyworker migrate`"
+                    )
                 except AccessDenied:
                     raise
+                except SchemaMissing:
+                    self._waiting_for = "no notifyworker schema: waiting for `notifyworker migrate`"
                 except ConnectionLost as exc:
-                    delay = backoff.next_delay()
-                    log.warning(
-                        "database not reachable (attempt %d): %s; retrying in %.1fs",
-                        backoff.attempt,
-                        exc,
-                        delay,
-                    )
-                    await trio.sleep(delay)
-        if waiting.cancelled_caught:
-            raise ConnectionLost(
-                f"database still not reachable after {limit:g}s (NOTIFYWORKER_STARTUP_TIMEOUT)"
+                    self._waiting_for = f"database not reachable: {exc}"
+                delay = backoff.next_delay()
+                log.warning(
+                    "%s (attempt %d); retrying in %.1fs", self._waiting_for, backoff.attempt, delay
+                )
+                with trio.move_on_after(delay):
+                    await self.stop_requested.wait()
+                if self.stop_requested.is_set():
+                    return False
+        reason = self._waiting_for or "the database"
+        if "migrate" in reason:
+            raise SchemaOutdated(
+                f"{reason.split(':')[0]} after {limit:g}s: run `notifyworker migrate`"
             )
+        raise ConnectionLost(f"gave up after {limit:g}s (NOTIFYWORKER_STARTUP_TIMEOUT): {reason}")
 
     def _cancel_notified(self, job_id: JobId) -> None:
         """A job was cancelled in the table: stop it wherever it is in this worker."""
@@ -230,12 +258,8 @@ class Worker:
         elif not self.pacing.cancel(job_id, reason):
             self.early_cancels.add(job_id)
 
-    async def _observe(self, db: Database, root: trio.Nursery) -> None:
+    async def _serve_health(self, root: trio.Nursery) -> None:
         """Serve /livez, /readyz and /metrics (port bound before `run` reports started)."""
-        self._db = db
-        root.start_soon(
-            refresh_job_counts, db, self.metrics.job_counts, self.settings.heartbeat_interval
-        )
         if self.settings.health_port is not None:
             app = make_app(self.not_ready, self.metrics.registry)
             self.health_port = await root.start(
@@ -251,6 +275,8 @@ class Worker:
         """
         if self.stop_requested.is_set():
             return "stopping"
+        if self._waiting_for is not None:
+            return f"starting: {self._waiting_for}"
         if not self._started or self._db is None:
             return "starting"
         if self._listener is None or not self._listener.listening:

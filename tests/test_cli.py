@@ -75,10 +75,16 @@ def test_unknown_tasks_module_is_one_line(database_url: str) -> None:
     assert "no_such_module" in one_line_error(result)
 
 
-def test_run_before_migrate_says_so(empty_database_url: str) -> None:
-    result = cli("run", env={"DATABASE_URL": empty_database_url})
+def test_run_before_migrate_waits_then_says_so(empty_database_url: str) -> None:
+    env = {"DATABASE_URL": empty_database_url, "NOTIFYWORKER_STARTUP_TIMEOUT": "1"}
+    result = cli("run", env=env)
     assert result.returncode == 1
-    assert "notifyworker migrate" in one_line_error(result)
+    # One warning a retry while it waited, then the one-line error.
+    assert result.stderr.count("waiting for `notifyworker migrate`") >= 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("notifyworker: error: ")
+    assert "after 1s: run `notifyworker migrate`" in last
 
 
 def test_enqueue_and_jobs(database_url: str, conn: psycopg.Connection[Any]) -> None:

@@ -325,7 +325,13 @@ def test_text_log_format_and_a_failed_connection_keep_the_password_out() -> None
     result = subprocess.run(
         [sys.executable, "-m", "notifyworker", "run"],
         cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": url, "NOTIFYWORKER_LOG_FORMAT": "text"},
+        env={
+            **os.environ,
+            "DATABASE_URL": url,
+            "NOTIFYWORKER_LOG_FORMAT": "text",
+            "NOTIFYWORKER_STARTUP_TIMEOUT": "1",
+            "NOTIFYWORKER_HEALTH_PORT": "0",
+        },
         capture_output=True,
         text=True,
         timeout=60,
