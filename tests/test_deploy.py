@@ -30,7 +30,6 @@ from typing import Any
 import psycopg
 import pytest
 import typer
-import yaml
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -38,9 +37,21 @@ from packaging.version import Version
 
 from notifyworker.cli import app
 from notifyworker.config import Settings
+from tests.manifests import (
+    MANIFESTS,
+    Doc,
+    applied,
+    applied_files,
+    container,
+    deployment,
+    load,
+    load_text,
+    migrate_job,
+    one,
+    settings_data,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-MANIFESTS = ROOT / "manifests"
 EXAMPLES = MANIFESTS / "examples"
 DEV_OVERLAY = ROOT / "manifests-dev"
 CONTAINERFILE = ROOT / "Containerfile"
@@ -54,8 +65,6 @@ KUBERNETES_VERSION = "1.37.0"
 SCRATCH = "/tmp"  # noqa: S108 - a path inside the image, not a temporary file here
 # What the worker needs after its grace for cancelling, handing jobs back and final writes.
 FINAL_WRITES_SECONDS = 10
-
-Doc = dict[str, Any]
 
 
 def tool(name: str) -> Path:
@@ -81,63 +90,6 @@ def run_tool(*args: str | Path, stdin: str | None = None) -> subprocess.Complete
         cwd=ROOT,
         env={**os.environ, "KUBECONFIG": os.devnull},
     )
-
-
-# --- the manifests, as YAML --------------------------------------------------------------
-
-
-def applied_files() -> list[Path]:
-    """What `kubectl apply -f manifests/` reads: the folder's own .yaml/.yml/.json files."""
-    return sorted(p for p in MANIFESTS.iterdir() if p.suffix in {".yaml", ".yml", ".json"})
-
-
-def load(path: Path) -> list[Doc]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
-
-
-def load_text(text: str) -> list[Doc]:
-    return [doc for doc in yaml.safe_load_all(text) if doc is not None]
-
-
-def applied() -> list[Doc]:
-    docs = []
-    for path in applied_files():
-        for doc in load(path):
-            assert doc.get("kind"), f"{path.name}: `kubectl apply -f` fails on an object of no kind"
-            assert doc.get("metadata", {}).get("name"), (
-                f"{path.name}: `kubectl apply -f` fails on a {doc['kind']} with no name"
-            )
-            docs.append(doc)
-    return docs
-
-
-def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
-    found = [
-        doc
-        for doc in docs
-        if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name)
-    ]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
-    return found[0]
-
-
-def deployment() -> Doc:
-    return one(applied(), "Deployment", "notifyworker")
-
-
-def migrate_job() -> Doc:
-    return one(applied(), "Job")
-
-
-def settings_data() -> dict[str, str]:
-    data: dict[str, str] = one(applied(), "ConfigMap", "notifyworker")["data"]
-    return data
-
-
-def container(workload: Doc) -> Doc:
-    containers: list[Doc] = workload["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
-    return containers[0]
 
 
 def kustomization(folder: Path) -> Doc:
