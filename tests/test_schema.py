@@ -64,6 +64,9 @@ def test_migrate_from_two_processes_at_once(empty_database_url: str) -> None:
         ("task, attempts", "'sleep', -1", "attempts_not_negative"),
         ("task, status", "'sleep', 'running'", "active_has_worker"),
         ("task, status", "'sleep', 'done'", "finished_has_finished_at"),
+        ("task, max_attempts", "'sleep', 0", "max_attempts_in_range"),
+        ("task, max_attempts", "'sleep', 101", "max_attempts_in_range"),
+        ("task, lost_claims", "'sleep', -1", "lost_claims_not_negative"),
     ],
 )
 def test_malformed_insert_is_rejected_by_a_named_constraint(
