@@ -31,6 +31,8 @@ class Demand:
         self.more_waiting = True
         self._generation = 0
         self._wake = trio.Event()
+        # When the soonest retry this worker scheduled falls due (trio's clock).
+        self.due = math.inf
 
     def work_arrived(self, *, wake: bool = True) -> None:
         """A notification, a reconnect or a poll: the table may hold new jobs."""
@@ -38,6 +40,14 @@ class Demand:
         self.more_waiting = True
         if wake:
             self._wake.set()
+
+    def due_in(self, seconds: float) -> None:
+        """A retry falls due in `seconds`: make sure a claim happens then."""
+        # A few milliseconds late, so the claim's now() has surely passed run_at.
+        at = trio.current_time() + max(seconds, 0.0) + 0.005
+        if at < self.due:
+            self.due = at
+            self._wake.set()  # the claimer re-reads `due` for its next wait
 
     def released(self, job_id: JobId) -> None:
         self.held.discard(job_id)

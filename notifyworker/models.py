@@ -96,6 +96,18 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Flushed:
+    """What writing a batch of marks found."""
+
+    refused: frozenset[JobId] = frozenset()  # no longer this worker's: stop their handlers
+    retry_in: float | None = None  # seconds until the soonest retry it scheduled is due
+
+    def __or__(self, other: Flushed) -> Flushed:
+        soonest = [t for t in (self.retry_in, other.retry_in) if t is not None]
+        return Flushed(self.refused | other.refused, min(soonest) if soonest else None)
+
+
+@dataclass(frozen=True, slots=True)
 class SweepReport:
     """What one sweep did, for the log."""
 
@@ -106,6 +118,7 @@ class SweepReport:
     rescued_retried: int = 0
     rescued_cancelled: int = 0
     skipped: bool = False
+    retry_in: float | None = None  # seconds until the soonest retry it scheduled is due
 
     @property
     def acted(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -113,9 +114,12 @@ async def claim_forever(
                 if uncertain:
                     uncertain = not await _release_lost_claims(recorder, demand, backoff)
                     continue
-                with trio.move_on_after(poll_interval) as poll:
+                with trio.move_on_at(min(trio.current_time() + poll_interval, demand.due)) as poll:
                     await demand.wait()
-                if poll.cancelled_caught:
+                if trio.current_time() >= demand.due:
+                    demand.due = math.inf
+                    demand.work_arrived(wake=False)  # a retry fell due: claim it now
+                elif poll.cancelled_caught:
                     demand.work_arrived(wake=False)  # the claim follows right here
                 while demand.free > 0 and demand.more_waiting:
                     await recorder.below_limit()

@@ -23,12 +23,13 @@ import trio
 
 from notifyworker import store
 from notifyworker.backoff import Backoff
-from notifyworker.coordination import RunningJobs
+from notifyworker.coordination import Demand, RunningJobs
 from notifyworker.db import Database
 from notifyworker.errors import ConnectionLost, DatabaseError
 from notifyworker.models import (
     ClaimedJob,
     FinishMark,
+    Flushed,
     JobId,
     Outcome,
     RetryPolicy,
@@ -51,9 +52,16 @@ def now() -> datetime:
 
 class Recorder:
     def __init__(
-        self, db: Database, worker_id: WorkerId, running: RunningJobs, retry: RetryPolicy
+        self,
+        db: Database,
+        worker_id: WorkerId,
+        running: RunningJobs,
+        retry: RetryPolicy,
+        demand: Demand,
     ) -> None:
         self._db = db
+        # Told when a retry this worker scheduled falls due, so it claims it then.
+        self._demand = demand
         self._worker_id = worker_id
         self._retry = retry
         self._running = running
@@ -117,10 +125,12 @@ class Recorder:
                 del self._starts[mark.job_id]
             finishes = self._finishes[:MAX_BATCH]
             del self._finishes[:MAX_BATCH]
-            refused = await self._write(starts, finishes)
+            flushed = await self._write(starts, finishes)
             self._flushed.set()
             self._flushed = trio.Event()
-            for job_id in refused:
+            if flushed.retry_in is not None:
+                self._demand.due_in(flushed.retry_in)
+            for job_id in flushed.refused:
                 # Cancelled, or rescued by a sweeper while this worker ran it (its
                 # heartbeat had lapsed): the verdict in the table stands, so stop
                 # the handler.
@@ -128,7 +138,7 @@ class Recorder:
                     job_id, "no longer this worker's: cancelled or rescued meanwhile"
                 )
 
-    async def _write(self, starts: list[StartMark], finishes: list[FinishMark]) -> set[JobId]:
+    async def _write(self, starts: list[StartMark], finishes: list[FinishMark]) -> Flushed:
         backoff = Backoff()
         while True:
             try:
@@ -151,11 +161,11 @@ class Recorder:
                     continue
                 if len(starts) + len(finishes) == 1:
                     log.error("dropping a start mark PostgreSQL refused: %s", exc)
-                    return set()
+                    return Flushed()
                 # Find the bad mark by writing them one by one.
-                refused_ids: set[JobId] = set()
+                flushed = Flushed()
                 for single in starts:
-                    refused_ids |= await self._write([single], [])
+                    flushed |= await self._write([single], [])
                 for one in finishes:
-                    refused_ids |= await self._write([], [one])
-                return refused_ids
+                    flushed |= await self._write([], [one])
+                return flushed

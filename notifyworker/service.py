@@ -133,7 +133,7 @@ class Worker:
     ) -> None:
         settings = self.settings
         demand = Demand(settings.concurrency)
-        recorder = Recorder(db, self.worker_id, self.running, self.retry)
+        recorder = Recorder(db, self.worker_id, self.running, self.retry, demand)
         ctx = ConsumerContext(
             registry=self.registry,
             recorder=recorder,
@@ -169,6 +169,7 @@ class Worker:
                     settings.dead_worker_after,
                     self.retry,
                     self.metrics,
+                    demand,
                 )
                 watchers.start_soon(recorder.flush_forever)
                 watchers.start_soon(watch_deadlines, self.running, WATCHDOG_INTERVAL)

@@ -14,6 +14,7 @@ from notifyworker.db import Row, Session, json_param
 from notifyworker.models import (
     ClaimedJob,
     FinishMark,
+    Flushed,
     JobId,
     JobRow,
     JobStatus,
@@ -117,14 +118,15 @@ def record_marks(
     retry: RetryPolicy,
     starts: list[StartMark],
     finishes: list[FinishMark],
-) -> set[JobId]:
-    """Flush buffered marks in one transaction; the ids no longer this worker's.
+) -> Flushed:
+    """Flush buffered marks in one transaction: the ids no longer this worker's, the next retry.
 
     Start marks alone commit asynchronously: lost in a server crash, the job
     is still `queued` on this worker and its outcome, or a rescue, follows.
     Outcomes always wait for the WAL flush.
     """
     refused: set[JobId] = set()
+    retry_in: list[float] = []
     with s.transaction():
         if not finishes:
             s.execute("async_commit")
@@ -158,7 +160,8 @@ def record_marks(
                 errors=[mark.outcome.error for mark in finishes],
             )
             refused.update(set(ids) - {JobId(row["id"]) for row in marked})
-    return refused
+            retry_in.extend(row["retry_in"] for row in marked if row["retry_in"] is not None)
+    return Flushed(frozenset(refused), min(retry_in) if retry_in else None)
 
 
 def release_lost_claims(s: Session, worker_id: WorkerId, held: list[JobId]) -> int:
@@ -186,7 +189,9 @@ def sweep(s: Session, dead_after_seconds: float, retry: RetryPolicy) -> SweepRep
         lock = s.one("sweep_lock")
         if lock is None or not lock["acquired"]:
             return SweepReport(skipped=True)
-        overdue = [row["status"] for row in s.rows("sweep_overdue", limit=SWEEP_BATCH, **backoff)]
+        overdue = s.rows("sweep_overdue", limit=SWEEP_BATCH, **backoff)
+        retry_in = [row["retry_in"] for row in overdue if row["retry_in"] is not None]
+        statuses = [row["status"] for row in overdue]
         dead = s.rows("dead_workers", dead_after=f"{dead_after_seconds} seconds", limit=SWEEP_BATCH)
         requeued = retried = cancelled = 0
         for worker in dead:
@@ -200,15 +205,18 @@ def sweep(s: Session, dead_after_seconds: float, retry: RetryPolicy) -> SweepRep
             requeued += rescued["requeued"]
             retried += rescued["retried"]
             cancelled += rescued["cancelled"]
+            if rescued["retry_in"] is not None:
+                retry_in.append(rescued["retry_in"])
         if requeued:
             s.rows("notify_jobs", reason="rescued")
     return SweepReport(
-        overdue_retried=overdue.count("new"),
-        overdue_cancelled=overdue.count("cancelled"),
+        overdue_retried=statuses.count("new"),
+        overdue_cancelled=statuses.count("cancelled"),
         dead_workers=len(dead),
         rescued_requeued=requeued,
         rescued_retried=retried,
         rescued_cancelled=cancelled,
+        retry_in=min(retry_in) if retry_in else None,
     )
 
 

@@ -13,6 +13,7 @@ from typing import NoReturn
 import trio
 
 from notifyworker import store
+from notifyworker.coordination import Demand
 from notifyworker.db import Database
 from notifyworker.errors import ConnectionLost
 from notifyworker.metrics import Metrics
@@ -27,8 +28,13 @@ async def sweep_forever(
     dead_worker_after: float,
     retry: RetryPolicy,
     metrics: Metrics,
+    demand: Demand,
 ) -> NoReturn:
-    """Sweep every `interval` on absolute deadlines; an outage only skips rounds."""
+    """Sweep every `interval` on absolute deadlines; an outage only skips rounds.
+
+    Retries it schedules wake this worker's claimer when they fall due (the
+    others find them on their next poll).
+    """
     next_round = trio.current_time()
     while True:
         try:
@@ -37,6 +43,8 @@ async def sweep_forever(
             log.warning("sweep skipped: %s", exc)
         else:
             metrics.swept(report)
+            if report.retry_in is not None:
+                demand.due_in(report.retry_in)
             if report.acted:
                 log.info(
                     "sweeper: overdue jobs: %d retried, %d cancelled; %d dead worker(s): "

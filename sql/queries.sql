@@ -164,7 +164,9 @@ SET status = CASE WHEN s.retry THEN 'new' ELSE s.status END,
 FROM settled AS s
 WHERE j.id = s.id AND j.worker_id = %(worker_id)s AND j.status IN ('queued', 'running')
   AND j.queued_at = s.queued_at
-RETURNING j.id, j.status;
+RETURNING j.id, j.status,
+          CASE WHEN s.retry THEN extract(epoch FROM j.run_at - clock_timestamp())::float8 END
+              AS retry_in;
 
 -- release_lost_claims --
 -- After a claim whose answer never came (the connection dropped around its
@@ -221,9 +223,13 @@ WITH overdue AS (
             || ' (attempt ' || j.attempts || ' of ' || j.max_attempts || ')'
     FROM overdue
     WHERE j.id = overdue.id
-    RETURNING j.id, j.status
+    RETURNING j.id, j.status, j.run_at
 )
-SELECT id, status, pg_notify('notifyworker_cancel', id::text) FROM settled;
+SELECT id, status,
+       CASE WHEN status = 'new' THEN extract(epoch FROM run_at - clock_timestamp())::float8 END
+           AS retry_in,
+       pg_notify('notifyworker_cancel', id::text)
+FROM settled;
 
 -- dead_workers --
 -- Workers whose heartbeat stopped; their jobs get rescued.
@@ -271,12 +277,14 @@ WITH requeued AS (
         error = 'worker ' || j.worker_id || ' stopped heart-beating while the job ran'
             || ' (attempt ' || j.attempts || ' of ' || j.max_attempts || ')'
     WHERE j.worker_id = %(worker_id)s AND j.status = 'running'
-    RETURNING j.id, j.status
+    RETURNING j.id, j.status, j.run_at
 ), removed AS (
     DELETE FROM notifyworker.workers WHERE id = %(worker_id)s
 )
 SELECT (SELECT count(*) FROM requeued WHERE status = 'new') AS requeued,
        (SELECT count(*) FROM rescued WHERE status = 'new') AS retried,
+       (SELECT extract(epoch FROM min(run_at) - clock_timestamp())::float8
+        FROM rescued WHERE status = 'new') AS retry_in,
        (SELECT count(*) FROM requeued WHERE status = 'cancelled')
            + (SELECT count(*) FROM rescued WHERE status = 'cancelled') AS cancelled;
 

@@ -39,8 +39,8 @@ def story(conn: psycopg.Connection[Any], job: JobId) -> tuple[Any, ...]:
 
 
 def record(url: str, starts: list[StartMark], finishes: list[FinishMark]) -> set[JobId]:
-    refused: set[JobId] = db.run_once(url, store.record_marks, W, RETRY, starts, finishes)
-    return refused
+    flushed = db.run_once(url, store.record_marks, W, RETRY, starts, finishes)
+    return set(flushed.refused)
 
 
 def test_start_then_outcome_in_two_flushes(
@@ -118,7 +118,18 @@ def test_a_retryable_failure_with_attempts_left_waits_out_its_backoff(
     job, claim = queued(conn, max_attempts=2)
     began = datetime.now(UTC)
     broke = Outcome("failed", error="RuntimeError: flaky", retryable=True)
-    assert record(database_url, [], [FinishMark(job, claim, broke, began, began)]) == set()
+    flushed = db.run_once(
+        database_url,
+        store.record_marks,
+        W,
+        RETRY,
+        [],
+        [FinishMark(job, claim, broke, began, began)],
+    )
+    assert flushed.refused == frozenset()
+    # The worker learns when to claim it again.
+    assert flushed.retry_in is not None
+    assert 25 < flushed.retry_in <= 60
     row = conn.execute(
         "SELECT status, attempts, worker_id, queued_at, started_at, finished_at, error,"
         " extract(epoch FROM run_at - clock_timestamp())"

@@ -104,9 +104,7 @@ async def test_a_worker_does_all_its_work_as_the_worker_role(
         " VALUES ('record', '{\"n\": 1}', 'queued', 'ghost', now()) RETURNING id",
     )
     calls = Calls()
-    settings = fast_settings(
-        url_as(database_url, login_role), retry_backoff=0.05, poll_interval=0.1
-    )
+    settings = fast_settings(url_as(database_url, login_role), retry_backoff=0.05)
     async with running_worker(settings, calls.registry):
         jobs = [
             scalar(
