@@ -6,6 +6,7 @@ read and its write, so there is nothing to race.
 
 from __future__ import annotations
 
+import heapq
 import math
 
 import trio
@@ -23,7 +24,7 @@ class Demand:
     """
 
     def __init__(self, slots: int) -> None:
-        self.free = slots
+        self._slots = slots
         # Every job claimed and not yet given up by its consumer: after a claim
         # whose answer was lost, the table's other `queued` rows are orphans.
         self.held: set[JobId] = set()
@@ -31,8 +32,8 @@ class Demand:
         self.more_waiting = True
         self._generation = 0
         self._wake = trio.Event()
-        # When the soonest retry this worker scheduled falls due (trio's clock).
-        self.due = math.inf
+        # When the retries this worker scheduled fall due (trio's clock), soonest first.
+        self._due: list[float] = []
 
     def work_arrived(self, *, wake: bool = True) -> None:
         """A notification, a reconnect or a poll: the table may hold new jobs."""
@@ -46,19 +47,35 @@ class Demand:
         # A few milliseconds late, so the claim's now() has surely passed run_at.
         at = trio.current_time() + max(seconds, 0.0) + 0.005
         if at < self.due:
-            self.due = at
             self._wake.set()  # the claimer re-reads `due` for its next wait
+        heapq.heappush(self._due, at)
+
+    @property
+    def due(self) -> float:
+        """When the soonest scheduled retry falls due; inf when none is."""
+        return self._due[0] if self._due else math.inf
+
+    def retries_due(self, now: float) -> bool:
+        """Whether a retry has fallen due by `now`; forgets those that have."""
+        fell_due = False
+        while self._due and self._due[0] <= now:
+            heapq.heappop(self._due)
+            fell_due = True
+        return fell_due
+
+    @property
+    def free(self) -> int:
+        return self._slots - len(self.held)
 
     def released(self, job_id: JobId) -> None:
         self.held.discard(job_id)
-        self.free += 1
         if self.more_waiting:
             self._wake.set()
 
-    def claimed(self, asked: int, got: int, generation: int) -> None:
+    def claimed(self, asked: int, jobs: list[JobId], generation: int) -> None:
         """Book a claim; a short claim means empty, unless work arrived meanwhile."""
-        self.free -= got
-        if got < asked and generation == self._generation:
+        self.held.update(jobs)
+        if len(jobs) < asked and generation == self._generation:
             self.more_waiting = False
 
     @property

@@ -100,11 +100,10 @@ class Flushed:
     """What writing a batch of marks found."""
 
     refused: frozenset[JobId] = frozenset()  # no longer this worker's: stop their handlers
-    retry_in: float | None = None  # seconds until the soonest retry it scheduled is due
+    retries_in: tuple[float, ...] = ()  # seconds until each retry it scheduled is due
 
     def __or__(self, other: Flushed) -> Flushed:
-        soonest = [t for t in (self.retry_in, other.retry_in) if t is not None]
-        return Flushed(self.refused | other.refused, min(soonest) if soonest else None)
+        return Flushed(self.refused | other.refused, self.retries_in + other.retries_in)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +117,7 @@ class SweepReport:
     rescued_retried: int = 0
     rescued_cancelled: int = 0
     skipped: bool = False
-    retry_in: float | None = None  # seconds until the soonest retry it scheduled is due
+    retries_in: tuple[float, ...] = ()  # seconds until each retry it scheduled is due
 
     @property
     def acted(self) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -116,8 +115,7 @@ async def claim_forever(
                     continue
                 with trio.move_on_at(min(trio.current_time() + poll_interval, demand.due)) as poll:
                     await demand.wait()
-                if trio.current_time() >= demand.due:
-                    demand.due = math.inf
+                if demand.retries_due(trio.current_time()):
                     demand.work_arrived(wake=False)  # a retry fell due: claim it now
                 elif poll.cancelled_caught:
                     demand.work_arrived(wake=False)  # the claim follows right here
@@ -134,9 +132,8 @@ async def claim_forever(
                         break
                     backoff.reset()
                     jobs = store.claimed_jobs(rows)
-                    demand.claimed(asked, len(jobs), generation)
+                    demand.claimed(asked, [job.id for job in jobs], generation)
                     for job in jobs:
-                        demand.held.add(job.id)
                         # Start tickets are drawn here, in claim order, so the oldest
                         # job starts first whichever consumer trio happens to run first.
                         # The channel is never full: claims fit the free slots.

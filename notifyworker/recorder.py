@@ -128,8 +128,8 @@ class Recorder:
             flushed = await self._write(starts, finishes)
             self._flushed.set()
             self._flushed = trio.Event()
-            if flushed.retry_in is not None:
-                self._demand.due_in(flushed.retry_in)
+            for seconds in flushed.retries_in:
+                self._demand.due_in(seconds)
             for job_id in flushed.refused:
                 # Cancelled, or rescued by a sweeper while this worker ran it (its
                 # heartbeat had lapsed): the verdict in the table stands, so stop

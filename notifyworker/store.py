@@ -126,7 +126,7 @@ def record_marks(
     Outcomes always wait for the WAL flush.
     """
     refused: set[JobId] = set()
-    retry_in: list[float] = []
+    retries_in: list[float] = []
     with s.transaction():
         if not finishes:
             s.execute("async_commit")
@@ -160,8 +160,8 @@ def record_marks(
                 errors=[mark.outcome.error for mark in finishes],
             )
             refused.update(set(ids) - {JobId(row["id"]) for row in marked})
-            retry_in.extend(row["retry_in"] for row in marked if row["retry_in"] is not None)
-    return Flushed(frozenset(refused), min(retry_in) if retry_in else None)
+            retries_in.extend(row["retry_in"] for row in marked if row["retry_in"] is not None)
+    return Flushed(frozenset(refused), tuple(retries_in))
 
 
 def release_lost_claims(s: Session, worker_id: WorkerId, held: list[JobId]) -> int:
@@ -190,7 +190,7 @@ def sweep(s: Session, dead_after_seconds: float, retry: RetryPolicy) -> SweepRep
         if lock is None or not lock["acquired"]:
             return SweepReport(skipped=True)
         overdue = s.rows("sweep_overdue", limit=SWEEP_BATCH, **backoff)
-        retry_in = [row["retry_in"] for row in overdue if row["retry_in"] is not None]
+        retries_in = [row["retry_in"] for row in overdue if row["retry_in"] is not None]
         statuses = [row["status"] for row in overdue]
         dead = s.rows("dead_workers", dead_after=f"{dead_after_seconds} seconds", limit=SWEEP_BATCH)
         requeued = retried = cancelled = 0
@@ -205,8 +205,7 @@ def sweep(s: Session, dead_after_seconds: float, retry: RetryPolicy) -> SweepRep
             requeued += rescued["requeued"]
             retried += rescued["retried"]
             cancelled += rescued["cancelled"]
-            if rescued["retry_in"] is not None:
-                retry_in.append(rescued["retry_in"])
+            retries_in.extend(rescued["retries_in"] or ())
         if requeued:
             s.rows("notify_jobs", reason="rescued")
     return SweepReport(
@@ -216,7 +215,7 @@ def sweep(s: Session, dead_after_seconds: float, retry: RetryPolicy) -> SweepRep
         rescued_requeued=requeued,
         rescued_retried=retried,
         rescued_cancelled=cancelled,
-        retry_in=min(retry_in) if retry_in else None,
+        retries_in=tuple(retries_in),
     )
 
 

@@ -43,8 +43,8 @@ async def sweep_forever(
             log.warning("sweep skipped: %s", exc)
         else:
             metrics.swept(report)
-            if report.retry_in is not None:
-                demand.due_in(report.retry_in)
+            for seconds in report.retries_in:
+                demand.due_in(seconds)
             if report.acted:
                 log.info(
                     "sweeper: overdue jobs: %d retried, %d cancelled; %d dead worker(s): "

@@ -283,8 +283,8 @@ WITH requeued AS (
 )
 SELECT (SELECT count(*) FROM requeued WHERE status = 'new') AS requeued,
        (SELECT count(*) FROM rescued WHERE status = 'new') AS retried,
-       (SELECT extract(epoch FROM min(run_at) - clock_timestamp())::float8
-        FROM rescued WHERE status = 'new') AS retry_in,
+       (SELECT array_agg(extract(epoch FROM run_at - clock_timestamp())::float8)
+        FROM rescued WHERE status = 'new') AS retries_in,
        (SELECT count(*) FROM requeued WHERE status = 'cancelled')
            + (SELECT count(*) FROM rescued WHERE status = 'cancelled') AS cancelled;
 

@@ -128,8 +128,8 @@ def test_a_retryable_failure_with_attempts_left_waits_out_its_backoff(
     )
     assert flushed.refused == frozenset()
     # The worker learns when to claim it again.
-    assert flushed.retry_in is not None
-    assert 25 < flushed.retry_in <= 60
+    (retry_in,) = flushed.retries_in
+    assert 25 < retry_in <= 60
     row = conn.execute(
         "SELECT status, attempts, worker_id, queued_at, started_at, finished_at, error,"
         " extract(epoch FROM run_at - clock_timestamp())"

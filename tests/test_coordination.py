@@ -1,0 +1,35 @@
+"""Demand's retry schedule: every retry a worker schedules gets its own wake-up."""
+
+from __future__ import annotations
+
+import math
+
+import trio
+
+from notifyworker.coordination import Demand
+from notifyworker.models import JobId
+
+
+async def test_each_scheduled_retry_keeps_its_own_due_time() -> None:
+    demand = Demand(slots=2)
+    start = trio.current_time()
+    demand.due_in(2.0)
+    demand.due_in(1.0)  # scheduled later, due sooner
+    assert math.isclose(demand.due, start + 1.005, abs_tol=0.001)
+    assert not demand.retries_due(start + 0.5)
+    assert demand.retries_due(start + 1.5)
+    # The later retry is not forgotten once the first has been claimed.
+    assert math.isclose(demand.due, start + 2.005, abs_tol=0.001)
+    assert demand.retries_due(start + 2.5)
+    assert demand.due == math.inf
+
+
+async def test_free_slots_follow_the_jobs_held() -> None:
+    demand = Demand(slots=3)
+    demand.claimed(3, [], demand.generation)
+    assert (demand.free, demand.more_waiting) == (3, False)  # a short claim: the table is empty
+    demand.work_arrived()
+    demand.claimed(3, [JobId(1), JobId(2)], demand.generation)
+    assert demand.free == 1
+    demand.released(JobId(1))
+    assert (demand.free, demand.held) == (2, {2})
