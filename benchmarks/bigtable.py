@@ -26,14 +26,21 @@ def claim_latencies(dsn: str, done: int, waiting: int, claims: int) -> list[floa
         conn.execute(FILL_DONE, (done,))
         conn.execute(FILL_WAITING, (waiting,))
         conn.execute("VACUUM ANALYZE notifyworker.jobs")
+        # The claim takes jobs only for a registered worker.
+        conn.execute(
+            "INSERT INTO notifyworker.workers (id, host, pid) VALUES ('bench', 'bench', 0)"
+            " ON CONFLICT (id) DO NOTHING"
+        )
 
     async def measure() -> list[float]:
         claim = DirectStatement(dsn, "claim", setup=("session_async_commit",))
-        await claim.run(worker_id="bench", limit=1)  # connect and prepare
+        await claim.run(
+            worker_id="bench", limit=1, max_payload_bytes=1_048_576
+        )  # connect and prepare
         timings = []
         for _ in range(claims):
             began = time.perf_counter()
-            rows = await claim.run(worker_id="bench", limit=100)
+            rows = await claim.run(worker_id="bench", limit=100, max_payload_bytes=1_048_576)
             timings.append((time.perf_counter() - began) * 1000)
             assert len(rows) == 100
         claim.close()

@@ -17,11 +17,12 @@ from typing import Any, NoReturn
 import trio
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from notifyworker.coordination import Demand, EarlyCancels, RunningJobs
+from notifyworker.coordination import Demand
 from notifyworker.errors import InvalidPayload, TaskError
+from notifyworker.inflight import Held, InFlight, Stage
 from notifyworker.limiter import NO_TICKET, FixedIntervalLimiter
 from notifyworker.metrics import Metrics, pickup_seconds
-from notifyworker.models import ClaimedJob, Handover, Outcome
+from notifyworker.models import ClaimedJob, Outcome
 from notifyworker.recorder import Recorder, now
 from notifyworker.tasks import Registry
 
@@ -40,11 +41,8 @@ class ConsumerContext:
     recorder: Recorder
     limiter: FixedIntervalLimiter
     demand: Demand
-    running: RunningJobs
-    # Jobs waiting for their start slot: cancelled at once when the worker stops.
-    pacing: RunningJobs
-    # Jobs cancelled in the table while claimed here but not yet started.
-    early_cancels: EarlyCancels
+    # Every attempt this worker holds: the consumer moves each along its stages.
+    inflight: InFlight
     # Longest payload (JSON text) a job may carry.
     max_payload_bytes: int
     # A job that outlives its timeout by this much is cancelled here even if
@@ -54,7 +52,7 @@ class ConsumerContext:
     metrics: Metrics = field(default_factory=Metrics)
 
 
-async def consume(recv: trio.MemoryReceiveChannel[Handover], ctx: ConsumerContext) -> None:
+async def consume(recv: trio.MemoryReceiveChannel[Held], ctx: ConsumerContext) -> None:
     """Run jobs until the channel closes (the claimer stopped)."""
     async with recv:
         while True:
@@ -64,67 +62,71 @@ async def consume(recv: trio.MemoryReceiveChannel[Handover], ctx: ConsumerContex
             with trio.CancelScope() as scope:
                 while not scope.cancel_called:
                     try:
-                        handed = recv.receive_nowait()  # no task switch while jobs wait
+                        held = recv.receive_nowait()  # no task switch while jobs wait
                     except trio.WouldBlock:
                         try:
-                            handed = await recv.receive()
+                            held = await recv.receive()
                         except trio.EndOfChannel:
                             return
                     except trio.EndOfChannel:
                         return
                     try:
-                        await _run_one(handed.job, handed.ticket, scope, ctx)
+                        await _run_one(held, scope, ctx)
                     finally:
-                        ctx.demand.released(handed.job.id)
+                        ctx.inflight.release(held)
+                        ctx.demand.released()
 
 
-async def _run_one(
-    job: ClaimedJob, ticket: int, scope: trio.CancelScope, ctx: ConsumerContext
-) -> None:
+async def _run_one(held: Held, scope: trio.CancelScope, ctx: ConsumerContext) -> None:
+    job, ticket = held.job, held.ticket
     ctx.metrics.job_claimed(job)
-    if ctx.stopping:
+    if ctx.stopping or held.reason is not None:
+        # Stopping: left queued, the service hands it back on the way out.
+        # Cancelled while claimed: the table already says it is not ours.
         ctx.limiter.abandon(ticket)
-        return  # left queued: the service hands it back on the way out
+        return
     try:
         task = ctx.registry.get(job.task)
-        if len(job.payload) > ctx.max_payload_bytes:  # characters: a cheap lower bound
-            size = len(job.payload.encode())
-            if size > ctx.max_payload_bytes:
-                raise InvalidPayload(
-                    f"payload is {size} bytes of JSON, over the limit of "
-                    f"{ctx.max_payload_bytes} (NOTIFYWORKER_MAX_PAYLOAD_BYTES)"
-                )
-        payload = task.parse(job.payload)
+        payload = task.parse(_payload_text(job, ctx.max_payload_bytes))
     except TaskError as exc:
         ctx.limiter.abandon(ticket)  # a job that cannot start takes no start slot
         _finished(job, Outcome("failed", error=str(exc)), None, ctx)
         return
     if ticket != NO_TICKET:
-        # Only a paced job needs a scope the stop can cancel while it waits.
+        # Only a paced job needs a scope that a cancel or the stop can end while it waits.
         with trio.CancelScope() as pacing:
-            ctx.pacing.add(job.id, pacing)
+            held.stage, held.scope = Stage.PACING, pacing
             paced_at = trio.current_time()
             try:
                 await ctx.limiter.wait(ticket)
             finally:
-                ctx.pacing.remove(job.id)
+                held.stage, held.scope = Stage.CLAIMED, None
                 ctx.metrics.limiter_waited(trio.current_time() - paced_at)
-        if pacing.cancelled_caught or ctx.stopping:
+        if pacing.cancelled_caught or ctx.stopping or held.reason is not None:
             return
-    if ctx.early_cancels.take(job.id):
-        return  # the table already says cancelled; nothing to record
     started_at = ctx.recorder.started(job)
     ctx.metrics.job_started(job, started_at)
-    ctx.running.add(job.id, scope, trio.current_time() + job.timeout + ctx.backstop_grace)
+    held.stage, held.scope = Stage.RUNNING, scope
+    held.deadline = trio.current_time() + job.timeout + ctx.backstop_grace
     outcome: Outcome | None = None
     try:
         result = await task.handler(payload)
     except Exception as exc:  # noqa: BLE001 - a handler's failure is the job's, not the worker's
         outcome = Outcome("failed", error=_describe(exc), retryable=True)
+    except BaseException as exc:
+        cancelled = _cancellation(exc)
+        if cancelled is exc:
+            raise
+        if cancelled is not None:
+            # Cancelled while other errors flew: the cancellation is what happened.
+            raise cancelled from None
+        # sys.exit(), or another BaseException a handler should never raise:
+        # the job fails (a bug, not worth a retry) and the worker goes on.
+        outcome = Outcome("failed", error=f"handler raised {_describe(exc)}")
     else:
         outcome = _done(result)
     finally:
-        reason = ctx.running.remove(job.id)
+        reason = ctx.inflight.release(held)
         if outcome is None:
             # Cancelled: by the sweeper, the watchdog or the grace period (a
             # reason is given), or from outside when the worker stops hard.
@@ -136,7 +138,33 @@ async def _run_one(
         _finished(job, outcome, started_at, ctx)
 
 
-async def watch_deadlines(running: RunningJobs, interval: float) -> NoReturn:
+def _payload_text(job: ClaimedJob, limit: int) -> str:
+    """The payload's JSON text, or InvalidPayload when it is over the limit."""
+    if job.payload is None:  # the claim would not fetch it
+        raise InvalidPayload(
+            f"payload is {job.stored_bytes} bytes as stored, over the limit of "
+            f"{limit} (NOTIFYWORKER_MAX_PAYLOAD_BYTES); it was not fetched"
+        )
+    if len(job.payload) > limit:  # characters: a cheap lower bound
+        size = len(job.payload.encode())
+        if size > limit:
+            raise InvalidPayload(
+                f"payload is {size} bytes of JSON, over the limit of "
+                f"{limit} (NOTIFYWORKER_MAX_PAYLOAD_BYTES)"
+            )
+    return job.payload
+
+
+def _cancellation(exc: BaseException) -> BaseException | None:
+    """trio's cancellation of the handler within `exc` (alone, or inside a group), if any."""
+    if isinstance(exc, trio.Cancelled):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(trio.Cancelled)
+    return None
+
+
+async def watch_deadlines(inflight: InFlight, interval: float) -> NoReturn:
     """Cancel jobs that outlive their timeout by the backstop grace.
 
     The sweeper is the authority on deadlines and normally cancels first;
@@ -144,8 +172,8 @@ async def watch_deadlines(running: RunningJobs, interval: float) -> NoReturn:
     """
     while True:
         await trio.sleep(interval)
-        for job_id in running.overdue(trio.current_time()):
-            running.cancel(job_id, "timed out: ran past its timeout (cancelled by the worker)")
+        for held in inflight.overdue(trio.current_time()):
+            held.cancel("timed out: ran past its timeout (cancelled by the worker)")
 
 
 def _finished(

@@ -100,6 +100,8 @@ def translate(exc: psycopg.Error, url: str | None = None) -> errors.DatabaseErro
         "notifyworker" in message
     ):
         return errors.SchemaMissing()
+    if isinstance(exc, _BUSY):
+        return errors.DatabaseBusy(message)
     if isinstance(exc, psycopg.OperationalError) and _refused_for_good(message):
         return errors.AccessDenied(message)
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
@@ -107,6 +109,16 @@ def translate(exc: psycopg.Error, url: str | None = None) -> errors.DatabaseErro
     if isinstance(exc, psycopg.errors.IntegrityError):
         return errors.RowRejected(message)
     return errors.DatabaseError(message)
+
+
+# Statements PostgreSQL cancelled on a live connection: nothing was written,
+# and the same statement may well succeed next time.
+_BUSY = (
+    psycopg.errors.QueryCanceled,
+    psycopg.errors.LockNotAvailable,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+)
 
 
 # What libpq says when the server answered but will not have us: retrying
@@ -173,16 +185,29 @@ def connect(url: str, role: str = "cli") -> psycopg.Connection[Row]:
     """A plain autocommit connection (blocking), errors translated.
 
     `role` names the connection in pg_stat_activity (notifyworker-listener, …),
-    so an operator can tell the service's connections apart.
+    so an operator can tell the service's connections apart. The service's
+    own connections (any role but "cli") set what they depend on first.
     """
     with _translated(url):
-        return psycopg.Connection.connect(
+        conn = psycopg.Connection.connect(
             url,
             autocommit=True,
             row_factory=dict_row,
             connect_timeout=CONNECT_TIMEOUT,
             application_name=f"notifyworker-{role}",
         )
+        if role != "cli":
+            try:
+                _configure(conn)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+
+def _configure(conn: psycopg.Connection[Row]) -> None:
+    """The service's session settings (see `session_settings`), whatever the defaults."""
+    conn.execute(query("session_settings"))
 
 
 def run_once(
@@ -215,6 +240,7 @@ class Database:
                 max_size=size,
                 open=False,
                 timeout=POOL_TIMEOUT,
+                configure=_configure,
                 kwargs={
                     "autocommit": True,
                     "row_factory": dict_row,
@@ -397,7 +423,7 @@ class DirectStatement:
                 raise trio.TooSlowError
         except (psycopg.Error, trio.TooSlowError, OSError) as exc:
             self.close()
-            if isinstance(exc, psycopg.Error) and not isinstance(exc, psycopg.OperationalError):
+            if isinstance(exc, psycopg.Error):
                 raise translate(exc, self.url) from None
             raise errors.ConnectionLost(_one_line(exc, self.url) or "statement timed out") from None
         return rows

@@ -6,7 +6,10 @@
     │   ├── UnknownTask
     │   └── InvalidPayload
     └── DatabaseError        PostgreSQL refused or could not be reached
-        ├── ConnectionLost   the connection dropped; retrying may help
+        ├── Transient        retrying may help
+        │   ├── ConnectionLost   the connection dropped
+        │   │   └── AccessDenied the server refuses this URL
+        │   └── DatabaseBusy     a statement was cancelled: a timeout, a lock wait, a deadlock
         ├── RowRejected      a row broke a constraint
         ├── SchemaMissing    `notifyworker migrate` has not run
         └── SchemaOutdated   migrations are pending
@@ -45,8 +48,21 @@ class DatabaseError(NotifyWorkerError):
     """PostgreSQL refused the statement."""
 
 
-class ConnectionLost(DatabaseError):
+class Transient(DatabaseError):
+    """PostgreSQL could not do it now; the same unit of work may succeed later."""
+
+
+class ConnectionLost(Transient):
     """The connection to PostgreSQL failed or dropped."""
+
+
+class DatabaseBusy(Transient):
+    """PostgreSQL cancelled the statement (a timeout, a lock wait, a deadlock, a conflict).
+
+    The connection is still good and nothing was written: a background task
+    retries it, like a lost connection, rather than taking the statement for
+    a verdict on its data.
+    """
 
 
 class RowRejected(DatabaseError):

@@ -10,12 +10,19 @@ from typing import NoReturn
 import trio
 
 from notifyworker import store
+from notifyworker.backoff import Retrying
+from notifyworker.coordination import Demand
 from notifyworker.db import Database
-from notifyworker.errors import ConnectionLost
 from notifyworker.limiter import FixedIntervalLimiter
 from notifyworker.models import WorkerId
+from notifyworker.ownership import Ownership
 
 log = logging.getLogger(__name__)
+
+# How long a worker back from the dead waits for its stale handlers to stop
+# before it registers again (they were cancelled; a handler that ignores
+# cancellation must not keep the worker out of the fleet for ever).
+STALE_WAIT = 5.0
 
 
 async def register(db: Database, worker_id: WorkerId) -> None:
@@ -28,25 +35,37 @@ async def beat_forever(
     interval: float,
     limiter: FixedIntervalLimiter,
     own_rate: float,
+    ownership: Ownership,
+    demand: Demand,
 ) -> NoReturn:
     """Beat every `interval`; follow the cluster-wide rate; re-register if declared dead.
 
-    Being declared dead (after a long outage, say) already cost this worker its
-    jobs, which were rescued; re-registering lets it go on with new ones, and
-    the mark guards keep it from touching the rescued ones.
+    Each beat also has every held attempt checked against the table, so a
+    cancel notification that was lost costs at most one beat. Being declared
+    dead (a long freeze or outage) already cost this worker its jobs, which
+    were rescued: their stale handlers are stopped first, and only then does
+    the worker register again and claim (the claim refuses an unregistered
+    worker), so a job's new attempt never runs beside its stale one here.
     """
+    retrying = Retrying("heartbeat")
     while True:
         await trio.sleep(interval)
         try:
             beat = await db.run(store.heartbeat, worker_id)
             if not beat.alive:
                 log.error("worker %s was declared dead by a sweeper; registering again", worker_id)
+                stale = await ownership.stop_stale(STALE_WAIT)
+                if stale:
+                    log.warning("stopped %d stale job(s) another worker may now run", stale)
                 await register(db, worker_id)
+                demand.work_arrived()
                 continue
-        except ConnectionLost as exc:
-            log.warning("heartbeat failed: %s", exc)
+            ownership.ask_all()
+            rate = own_rate if beat.rate is None else beat.rate
+            if rate != limiter.rate:
+                log.info("rate changed: %g → %g jobs/s", limiter.rate, rate)
+                limiter.rate = rate
+        except Exception as exc:  # noqa: BLE001 - the heartbeat outlives every failure
+            await retrying.failed(exc)
             continue
-        rate = own_rate if beat.rate is None else beat.rate
-        if rate != limiter.rate:
-            log.info("rate changed: %g → %g jobs/s", limiter.rate, rate)
-            limiter.rate = rate
+        retrying.succeeded()

@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 
 from notifyworker import store
 from notifyworker.db import Database
-from notifyworker.errors import ConnectionLost, DatabaseError
+from notifyworker.errors import ConnectionLost
 from notifyworker.models import ClaimedJob, JobStatus, Outcome, SweepReport
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ async def refresh_job_counts(db: Database, counts: JobCounts, interval: float) -
             counts.counts = await db.run(store.job_counts)
         except ConnectionLost as exc:
             log.debug("job counts not refreshed: %s", exc)  # the heartbeat reports outages
-        except DatabaseError as exc:
+        except Exception as exc:  # noqa: BLE001 - a gauge is never worth the worker
             if str(exc) != said:  # once, not every interval: the worker itself is fine
                 log.warning("the jobs-by-status gauge cannot be refreshed: %s", exc)
                 said = str(exc)

@@ -20,20 +20,13 @@ class ClaimedJob:
 
     id: JobId
     task: str
-    payload: str  # JSON text: the task's model parses it
+    payload: str | None  # JSON text, parsed by the task's model; None: too large to fetch
     timeout: float  # seconds
     claimed_at: datetime  # the row's queued_at: the fence the marks carry back
     attempt: int  # which start this is, counting from 1
     max_attempts: int
     created_at: datetime  # the INSERT, on the database's clock
-
-
-@dataclass(frozen=True, slots=True)
-class Handover:
-    """A claimed job on its way to a consumer, with its place in the start order."""
-
-    job: ClaimedJob
-    ticket: int
+    stored_bytes: int  # the payload's size as stored (compressed, maybe): checked before fetching
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +92,8 @@ class RetryPolicy:
 class Flushed:
     """What writing a batch of marks found."""
 
-    refused: frozenset[JobId] = frozenset()  # no longer this worker's: stop their handlers
+    # Attempts (job, claim stamp) no longer this worker's: stop their handlers.
+    refused: frozenset[tuple[JobId, datetime]] = frozenset()
     retries_in: tuple[float, ...] = ()  # seconds until each retry it scheduled is due
 
     def __or__(self, other: Flushed) -> Flushed:
@@ -117,6 +111,8 @@ class SweepReport:
     rescued_retried: int = 0
     rescued_cancelled: int = 0
     skipped: bool = False
+    # Seconds since any sweeper of the fleet last finished a round (0: this one just did).
+    last_sweep_age: float = 0.0
     retries_in: tuple[float, ...] = ()  # seconds until each retry it scheduled is due
 
     @property
@@ -141,3 +137,12 @@ class Summary:
     unfinished: int
     pickup_p50_ms: float | None
     pickup_p99_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The table's word on an attempt a worker holds that is no longer its own."""
+
+    job_id: JobId
+    claimed_at: datetime
+    reason: str

@@ -22,10 +22,11 @@ from typing import NoReturn
 import trio
 
 from notifyworker import store
-from notifyworker.backoff import Backoff
-from notifyworker.coordination import Demand, RunningJobs
+from notifyworker.backoff import Retrying
+from notifyworker.coordination import Demand
 from notifyworker.db import Database
-from notifyworker.errors import ConnectionLost, DatabaseError
+from notifyworker.errors import DatabaseError, Transient
+from notifyworker.inflight import InFlight
 from notifyworker.models import (
     ClaimedJob,
     FinishMark,
@@ -46,6 +47,10 @@ MAX_BATCH = 1000
 BACKLOG_LIMIT = 2000
 
 
+# The error of an outcome PostgreSQL refused to store, recorded in its place.
+REFUSED = "could not record the outcome: "
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -55,7 +60,7 @@ class Recorder:
         self,
         db: Database,
         worker_id: WorkerId,
-        running: RunningJobs,
+        inflight: InFlight,
         retry: RetryPolicy,
         demand: Demand,
     ) -> None:
@@ -64,7 +69,12 @@ class Recorder:
         self._demand = demand
         self._worker_id = worker_id
         self._retry = retry
-        self._running = running
+        self._inflight = inflight
+        # Since when outcomes have failed to reach the table (readiness reads it).
+        self.retrying = Retrying("recording outcomes")
+        # When the write in progress began (trio's clock): a write stuck on a
+        # lock is as bad for readiness as one that fails.
+        self.writing_since: float | None = None
         self._starts: dict[JobId, StartMark] = {}
         self._finishes: list[FinishMark] = []
         self._pending = trio.Event()
@@ -84,6 +94,10 @@ class Recorder:
         self._finishes.append(FinishMark(job.id, job.claimed_at, outcome, started_at, now()))
         self._pending.set()
 
+    def stalled_for(self, now: float) -> float:
+        """Seconds the marks being written have waited for the table (0 when none wait)."""
+        return 0.0 if self.writing_since is None else now - self.writing_since
+
     @property
     def backlog(self) -> int:
         return len(self._starts) + len(self._finishes)
@@ -95,6 +109,9 @@ class Recorder:
 
     async def release_lost_claims(self, held: set[JobId]) -> int:
         """Requeue this worker's `queued` jobs that it does not know about.
+
+        Each counts a lost claim: a job that keeps making claims fail is
+        cancelled after a few, rather than claimed and released forever.
 
         A job is known while a consumer holds it (`held`) and until its marks
         are written; the lock keeps a flush from landing in between, so a job
@@ -110,7 +127,10 @@ class Recorder:
     async def flush_forever(self) -> NoReturn:
         while True:
             await self._pending.wait()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception as exc:  # noqa: BLE001 - the marks were put back; try again
+                await self.retrying.failed(exc)
 
     async def flush(self) -> None:
         """Write every pending mark (retrying through an outage), in batches."""
@@ -125,47 +145,65 @@ class Recorder:
                 del self._starts[mark.job_id]
             finishes = self._finishes[:MAX_BATCH]
             del self._finishes[:MAX_BATCH]
-            flushed = await self._write(starts, finishes)
+            self.writing_since = trio.current_time()
+            try:
+                flushed = await self._write(starts, finishes)
+            except Exception:
+                # Not a database's answer (a bug, or a value nobody planned for):
+                # the marks go back, in order, for the next flush.
+                self._starts = {mark.job_id: mark for mark in starts} | self._starts
+                self._finishes[:0] = finishes
+                self._pending.set()
+                raise
+            finally:
+                self.writing_since = None
             self._flushed.set()
             self._flushed = trio.Event()
             for seconds in flushed.retries_in:
                 self._demand.due_in(seconds)
-            for job_id in flushed.refused:
+            for job_id, claimed_at in flushed.refused:
                 # Cancelled, or rescued by a sweeper while this worker ran it (its
                 # heartbeat had lapsed): the verdict in the table stands, so stop
-                # the handler.
-                self._running.cancel(
-                    job_id, "no longer this worker's: cancelled or rescued meanwhile"
-                )
+                # the handler of that very attempt.
+                held = self._inflight.find(job_id, claimed_at)
+                if held is not None:
+                    held.cancel("no longer this worker's: cancelled or rescued meanwhile")
 
     async def _write(self, starts: list[StartMark], finishes: list[FinishMark]) -> Flushed:
-        backoff = Backoff()
         while True:
             try:
-                return await self._db.run(
+                flushed: Flushed = await self._db.run(
                     store.record_marks, self._worker_id, self._retry, starts, finishes
                 )
-            except ConnectionLost as exc:
-                delay = backoff.next_delay()
-                log.warning("recording outcomes failed (%s); retrying in %.2fs", exc, delay)
-                await trio.sleep(delay)
+            except Transient as exc:
+                # A lost connection or a statement PostgreSQL cancelled: the same
+                # marks again, never a verdict on them. Readiness sees how long.
+                await self.retrying.failed(exc)
+                continue
             except DatabaseError as exc:
-                if len(finishes) + len(starts) == 1 and finishes:
-                    # The one outcome PostgreSQL refused (say, a result it cannot
-                    # store): record the refusal instead, so the job still ends.
-                    mark = finishes[0]
-                    refused = Outcome("failed", error=f"could not record the outcome: {exc}")
-                    finishes = [
-                        FinishMark(mark.job_id, mark.claimed_at, refused, mark.started_at, mark.at)
-                    ]
-                    continue
-                if len(starts) + len(finishes) == 1:
+                if len(starts) + len(finishes) > 1:
+                    # Find the bad mark by writing them one by one.
+                    flushed = Flushed()
+                    for single in starts:
+                        flushed |= await self._write([single], [])
+                    for one in finishes:
+                        flushed |= await self._write([], [one])
+                    return flushed
+                if starts:
                     log.error("dropping a start mark PostgreSQL refused: %s", exc)
                     return Flushed()
-                # Find the bad mark by writing them one by one.
-                flushed = Flushed()
-                for single in starts:
-                    flushed |= await self._write([single], [])
-                for one in finishes:
-                    flushed |= await self._write([], [one])
-                return flushed
+                mark = finishes[0]
+                if (mark.outcome.error or "").startswith(REFUSED):
+                    # Even the plain refusal was refused (a privilege, a trigger…):
+                    # keep it, never lose an outcome, and let readiness say so.
+                    await self.retrying.failed(exc)
+                    continue
+                # The one outcome PostgreSQL refused (say, a result it cannot
+                # store): record the refusal instead, so the job still ends.
+                refused = Outcome("failed", error=f"{REFUSED}{exc}")
+                finishes = [
+                    FinishMark(mark.job_id, mark.claimed_at, refused, mark.started_at, mark.at)
+                ]
+                continue
+            self.retrying.succeeded()
+            return flushed

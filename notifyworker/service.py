@@ -27,10 +27,11 @@ import trio
 
 from notifyworker import store
 from notifyworker.backoff import Backoff
+from notifyworker.claimer import Claimer
 from notifyworker.config import Settings
 from notifyworker.consumer import ConsumerContext, consume, watch_deadlines
-from notifyworker.coordination import Demand, EarlyCancels, RunningJobs
-from notifyworker.db import Database, DirectStatement, ListenConnection, redact
+from notifyworker.coordination import Demand
+from notifyworker.db import Database, ListenConnection, redact
 from notifyworker.errors import (
     AccessDenied,
     ConnectionLost,
@@ -40,12 +41,14 @@ from notifyworker.errors import (
 )
 from notifyworker.health import make_app, serve
 from notifyworker.heartbeat import beat_forever, register
+from notifyworker.inflight import Held, InFlight, Stage
 from notifyworker.limiter import FixedIntervalLimiter
+from notifyworker.listener import listen
 from notifyworker.metrics import Metrics, refresh_job_counts
-from notifyworker.models import Handover, JobId, RetryPolicy, WorkerId
-from notifyworker.publisher import claim_forever, listen
+from notifyworker.models import RetryPolicy, WorkerId
+from notifyworker.ownership import Ownership
 from notifyworker.recorder import Recorder
-from notifyworker.sweeper import sweep_forever
+from notifyworker.sweeper import Sweeper
 from notifyworker.tasks import Registry
 
 log = logging.getLogger(__name__)
@@ -59,8 +62,14 @@ WATCHDOG_INTERVAL = 0.5
 # own): the recorder's flushes, the sweeper, the heartbeat, and some slack.
 POOL_SIZE = 6
 # Ready only while some unit of work reached the database within this many
-# heartbeat intervals (the heartbeat alone makes one every interval).
+# heartbeat intervals (the heartbeat alone makes one every interval), and
+# while outcomes reach the table within as long.
 READY_WITHIN_BEATS = 3
+# Not ready when the fleet's sweeper (whichever replica leads) has not
+# finished a round in this many sweep intervals (and at least STALL_FLOOR s):
+# overdue and dead workers' jobs would wait unseen.
+SWEEP_STALLED_AFTER = 10
+STALL_FLOOR = 10.0
 
 
 def new_worker_id() -> WorkerId:
@@ -75,9 +84,8 @@ class Worker:
         self.registry = registry
         self.worker_id = new_worker_id()
         self.limiter = FixedIntervalLimiter(settings.rate)
-        self.running = RunningJobs()
-        self.pacing = RunningJobs()
-        self.early_cancels = EarlyCancels()
+        # Every attempt this worker holds, from claim to outcome.
+        self.inflight = InFlight(settings.concurrency)
         self.retry = RetryPolicy(settings.retry_backoff, settings.retry_backoff_max)
         self.stop_requested = trio.Event()
         self._grace_over = trio.Event()
@@ -86,6 +94,8 @@ class Worker:
         self.health_port: int | None = None
         self._db: Database | None = None
         self._listener: ListenConnection | None = None
+        self._recorder: Recorder | None = None
+        self._sweeper: Sweeper | None = None
         self._started = False
         # What start-up waits for (the database, the schema), for /readyz.
         self._waiting_for: str | None = None
@@ -112,10 +122,6 @@ class Worker:
                     try:
                         log.info("worker %s connected to %s", self.worker_id, redact(url))
                         root.start_soon(
-                            beat_forever, db, self.worker_id, settings.heartbeat_interval,
-                            self.limiter, settings.rate,
-                        )  # fmt: skip
-                        root.start_soon(
                             refresh_job_counts, db, self.metrics.job_counts,
                             settings.heartbeat_interval,
                         )  # fmt: skip
@@ -132,25 +138,39 @@ class Worker:
         self, db: Database, root: trio.Nursery, task_status: trio.TaskStatus[WorkerId]
     ) -> None:
         settings = self.settings
-        demand = Demand(settings.concurrency)
-        recorder = Recorder(db, self.worker_id, self.running, self.retry, demand)
+        inflight = self.inflight
+        demand = Demand(inflight)
+        recorder = self._recorder = Recorder(db, self.worker_id, inflight, self.retry, demand)
+        ownership = Ownership(db, self.worker_id, inflight)
+        sweeper = self._sweeper = Sweeper(
+            db, self.worker_id, settings.sweep_interval, settings.dead_worker_after,
+            self.retry, self.metrics, demand,
+        )  # fmt: skip
+        claimer = Claimer(
+            db.url, self.worker_id, demand, inflight, recorder, self.limiter,
+            poll_interval=settings.poll_interval,
+            reconcile_interval=settings.heartbeat_interval,
+            max_payload_bytes=settings.max_payload_bytes,
+        )  # fmt: skip
         ctx = ConsumerContext(
             registry=self.registry,
             recorder=recorder,
             limiter=self.limiter,
             demand=demand,
-            running=self.running,
-            pacing=self.pacing,
-            early_cancels=self.early_cancels,
+            inflight=inflight,
             max_payload_bytes=settings.max_payload_bytes,
             backstop_grace=settings.sweep_interval + 1.0,
             metrics=self.metrics,
         )
         # Room for every job the claimer may hold (it claims no more than the free
         # slots), so handing a batch over never blocks and costs no task switch.
-        send, recv = trio.open_memory_channel[Handover](settings.concurrency)
+        send, recv = trio.open_memory_channel[Held](settings.concurrency)
         listener = self._listener = ListenConnection(db.url)
         self._read_state(listener, recorder, demand)
+        root.start_soon(
+            beat_forever, db, self.worker_id, settings.heartbeat_interval,
+            self.limiter, settings.rate, ownership, demand,
+        )  # fmt: skip
         try:
             # The listener and the sweeper outlive the consumers: while jobs run out
             # their grace, deadlines are still enforced and cancellations still heard.
@@ -159,36 +179,20 @@ class Worker:
                     listen,
                     listener,
                     demand,
-                    self._cancel_notified,
+                    ownership.ask,
+                    ownership.ask_all,
                     settings.listener_check_interval,
                 )
-                watchers.start_soon(
-                    sweep_forever,
-                    db,
-                    settings.sweep_interval,
-                    settings.dead_worker_after,
-                    self.retry,
-                    self.metrics,
-                    demand,
-                )
+                watchers.start_soon(sweeper.sweep_forever)
                 watchers.start_soon(recorder.flush_forever)
-                watchers.start_soon(watch_deadlines, self.running, WATCHDOG_INTERVAL)
+                watchers.start_soon(ownership.check_forever)
+                watchers.start_soon(watch_deadlines, inflight, WATCHDOG_INTERVAL)
                 async with trio.open_nursery() as consumers:
                     async with recv:
                         for _ in range(settings.concurrency):
                             consumers.start_soon(consume, recv.clone(), ctx)
                     async with trio.open_nursery() as claiming:
-                        claim = DirectStatement(db.url, "claim", setup=("session_async_commit",))
-                        claiming.start_soon(
-                            claim_forever,
-                            claim,
-                            self.worker_id,
-                            demand,
-                            recorder,
-                            self.limiter,
-                            send,
-                            settings.poll_interval,
-                        )
+                        claiming.start_soon(claimer.run, send)
                         self._started = True
                         task_status.started(self.worker_id)
                         await self.stop_requested.wait()
@@ -197,7 +201,7 @@ class Worker:
                             settings.shutdown_grace,
                         )
                         ctx.stopping = True
-                        ctx.pacing.cancel_all("worker stopping before the job started")
+                        inflight.cancel_all("worker stopping before the job started", Stage.PACING)
                         claiming.cancel_scope.cancel()
                     root.start_soon(self._grace_timer)
                 # Every outcome is in the table before this worker signs off.
@@ -251,14 +255,6 @@ class Worker:
             )
         raise ConnectionLost(f"gave up after {limit:g}s (NOTIFYWORKER_STARTUP_TIMEOUT): {reason}")
 
-    def _cancel_notified(self, job_id: JobId) -> None:
-        """A job was cancelled in the table: stop it wherever it is in this worker."""
-        reason = "cancelled in the table (notifyworker.cancel() or the sweeper)"
-        if self.running.cancel(job_id, reason):
-            log.info("job %s cancelled while running here", job_id)
-        elif not self.pacing.cancel(job_id, reason):
-            self.early_cancels.add(job_id)
-
     async def _serve_health(self, root: trio.Nursery) -> None:
         """Serve /livez, /readyz and /metrics (port bound before `run` reports started)."""
         if self.settings.health_port is not None:
@@ -282,9 +278,25 @@ class Worker:
             return "starting"
         if self._listener is None or not self._listener.listening:
             return "not listening: the listener connection is down"
-        silent = trio.current_time() - self._db.last_success
-        if silent > READY_WITHIN_BEATS * self.settings.heartbeat_interval:
+        now, within = trio.current_time(), READY_WITHIN_BEATS * self.settings.heartbeat_interval
+        silent = now - self._db.last_success
+        if silent > within:
             return f"the database has not answered for {silent:.1f}s"
+        return self._stalled(now, within)
+
+    def _stalled(self, now: float, within: float) -> str | None:
+        """A part that cannot do its work: outcomes not recorded, nobody sweeping."""
+        if self._recorder is not None:
+            stalled = max(self._recorder.stalled_for(now), self._recorder.retrying.failing_for(now))
+            if stalled > within:
+                return (
+                    f"outcomes have not reached the table for {stalled:.1f}s"
+                    f" ({self._recorder.retrying.last_error or 'waiting on the database'})"
+                )
+        if self._sweeper is not None:
+            age = self._sweeper.last_sweep_age(now)
+            if age > max(SWEEP_STALLED_AFTER * self.settings.sweep_interval, STALL_FLOOR):
+                return f"no sweeper in the fleet has finished a round for {age:.1f}s"
         return None
 
     def _read_state(self, listener: ListenConnection, recorder: Recorder, demand: Demand) -> None:
@@ -311,6 +323,18 @@ class Worker:
             lambda: recorder.backlog,
         )
         metrics.gauge(
+            "notifyworker_last_sweep_age_seconds",
+            "Seconds since any sweeper of the fleet finished a round, as this worker last saw.",
+            lambda: (
+                0.0 if self._sweeper is None else self._sweeper.last_sweep_age(trio.current_time())
+            ),
+        )
+        metrics.gauge(
+            "notifyworker_recorder_stalled_seconds",
+            "Seconds the marks being written have waited for the table (0 when none wait).",
+            lambda: recorder.stalled_for(trio.current_time()),
+        )
+        metrics.gauge(
             "notifyworker_rate",
             "Job starts per second this worker allows; 0 = unlimited.",
             lambda: self.limiter.rate,
@@ -319,19 +343,28 @@ class Worker:
     async def _sign_off(self, db: Database) -> None:
         try:
             requeued = await db.run(store.requeue_unstarted, self.worker_id)
-            await db.run(store.unregister_worker, self.worker_id)
+            left_jobs = await db.run(store.unregister_worker, self.worker_id)
         except DatabaseError as exc:
             # Nothing is lost: this worker's row stops heart-beating, and the
             # sweeper of another replica (or of the next start) rescues its jobs.
             log.warning("could not sign off (%s); the sweeper will rescue this worker's jobs", exc)
+            return
+        if left_jobs:
+            # Stopped without recording every outcome (it crashed out, or the
+            # database would not take them): the row stays, marked dead, so the
+            # next sweep of any replica rescues those jobs at once.
+            log.warning(
+                "worker %s stopped with jobs unfinished; left for the sweeper", self.worker_id
+            )
         else:
             log.info("worker %s stopped; %d unstarted job(s) handed back", self.worker_id, requeued)
 
     async def _grace_timer(self) -> None:
         with trio.move_on_after(self.settings.shutdown_grace):
             await self._grace_over.wait()
-        cancelled = self.running.cancel_all(
-            f"cancelled at shutdown: ran past the {self.settings.shutdown_grace:g}s grace period"
+        cancelled = self.inflight.cancel_all(
+            f"cancelled at shutdown: ran past the {self.settings.shutdown_grace:g}s grace period",
+            Stage.RUNNING,
         )
         if cancelled:
             log.warning("grace period over: cancelling %d running job(s)", cancelled)

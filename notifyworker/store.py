@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from notifyworker.db import Row, Session, json_param
+from notifyworker.errors import DatabaseError
 from notifyworker.models import (
-    ClaimedJob,
     FinishMark,
     Flushed,
     JobId,
@@ -22,6 +23,7 @@ from notifyworker.models import (
     StartMark,
     Summary,
     SweepReport,
+    Verdict,
     WorkerId,
 )
 from notifyworker.sqlfiles import migrations
@@ -89,27 +91,10 @@ def get_rate(s: Session) -> float | None:
     return None if row is None else float(row["value"])
 
 
-def unregister_worker(s: Session, worker_id: WorkerId) -> None:
-    s.execute("unregister_worker", worker_id=worker_id)
-
-
-def claimed_jobs(rows: list[Row]) -> list[ClaimedJob]:
-    """Rows the `claim` statement returned, oldest first."""
-    jobs = [
-        ClaimedJob(
-            id=JobId(row["id"]),
-            task=row["task"],
-            payload=row["payload"],
-            timeout=row["timeout"],
-            claimed_at=row["queued_at"],
-            attempt=row["attempts"] + 1,
-            max_attempts=row["max_attempts"],
-            created_at=row["created_at"],
-        )
-        for row in rows
-    ]
-    jobs.sort(key=lambda job: job.id)  # UPDATE … RETURNING does not keep the CTE's order
-    return jobs
+def unregister_worker(s: Session, worker_id: WorkerId) -> bool:
+    """Remove this worker's row; True (and the row kept, marked dead) if it left jobs."""
+    row = s.one("unregister_worker", worker_id=worker_id)
+    return bool(row and row["left_jobs"])
 
 
 def record_marks(
@@ -125,7 +110,7 @@ def record_marks(
     is still `queued` on this worker and its outcome, or a rescue, follows.
     Outcomes always wait for the WAL flush.
     """
-    refused: set[JobId] = set()
+    refused: set[tuple[JobId, datetime]] = set()
     retries_in: list[float] = []
     with s.transaction():
         if not finishes:
@@ -139,7 +124,7 @@ def record_marks(
                 queued_at=[mark.claimed_at for mark in starts],
                 started_at=[mark.at for mark in starts],
             )
-            refused.update(set(ids) - {JobId(row["id"]) for row in marked})
+            refused.update(_refused(starts, marked))
         if finishes:
             ids = [mark.job_id for mark in finishes]
             marked = s.rows(
@@ -159,18 +144,58 @@ def record_marks(
                 ],
                 errors=[mark.outcome.error for mark in finishes],
             )
-            refused.update(set(ids) - {JobId(row["id"]) for row in marked})
+            refused.update(_refused(finishes, marked))
             retries_in.extend(row["retry_in"] for row in marked if row["retry_in"] is not None)
     return Flushed(frozenset(refused), tuple(retries_in))
+
+
+def _refused(
+    marks: list[StartMark] | list[FinishMark], marked: list[Row]
+) -> set[tuple[JobId, datetime]]:
+    """The attempts among `marks` whose rows the statement did not update."""
+    landed = {JobId(row["id"]) for row in marked}
+    return {(mark.job_id, mark.claimed_at) for mark in marks if mark.job_id not in landed}
 
 
 def release_lost_claims(s: Session, worker_id: WorkerId, held: list[JobId]) -> int:
     """Requeue this worker's `queued` jobs that no consumer holds; wake the others."""
     with s.transaction():
-        count = len(s.rows("release_lost_claims", worker_id=worker_id, held=held))
+        count = len(
+            s.rows(
+                "release_lost_claims",
+                worker_id=worker_id,
+                held=held,
+                lost_claims_limit=LOST_CLAIMS_LIMIT,
+            )
+        )
         if count:
             s.rows("notify_jobs", reason="released")
     return count
+
+
+def attempts_not_ours(
+    s: Session, worker_id: WorkerId, attempts: list[tuple[JobId, datetime]]
+) -> list[Verdict]:
+    """Which of these attempts the table says are no longer this worker's, and why."""
+    rows = s.rows(
+        "attempts_not_ours",
+        worker_id=worker_id,
+        ids=[job_id for job_id, _ in attempts],
+        queued_at=[claimed_at for _, claimed_at in attempts],
+    )
+    return [Verdict(JobId(row["id"]), row["queued_at"], _why(row)) for row in rows]
+
+
+def _why(row: Row) -> str:
+    if not row["found"]:
+        return "the job is gone from the table"
+    if row["same_attempt"]:
+        if row["status"] == "cancelled":
+            return f"cancelled in the table: {row['error']}"
+        return f"the table already says {row['status']}"
+    return (
+        f"no longer this worker's: the job is {row['status']} now (retried, rescued or re-claimed)"
+    )
 
 
 def requeue_unstarted(s: Session, worker_id: WorkerId) -> int:
@@ -182,13 +207,17 @@ def requeue_unstarted(s: Session, worker_id: WorkerId) -> int:
     return count
 
 
-def sweep(s: Session, dead_after_seconds: float, retry: RetryPolicy) -> SweepReport:
-    """One round of the sweeper, if no other replica's sweeper holds the lock."""
+def sweep(
+    s: Session, worker_id: WorkerId, dead_after_seconds: float, retry: RetryPolicy
+) -> SweepReport:
+    """One round of the sweeper, if no other replica's sweeper holds the lease."""
     backoff = {"retry_backoff": retry.base, "retry_backoff_max": retry.cap}
     with s.transaction():
-        lock = s.one("sweep_lock")
-        if lock is None or not lock["acquired"]:
-            return SweepReport(skipped=True)
+        lease = s.one("sweep_lease")
+        if lease is None:
+            raise DatabaseError("notifyworker.sweeper has no row: run `notifyworker migrate`")
+        if not lease["acquired"]:
+            return SweepReport(skipped=True, last_sweep_age=lease["age"])
         overdue = s.rows("sweep_overdue", limit=SWEEP_BATCH, **backoff)
         retries_in = [row["retry_in"] for row in overdue if row["retry_in"] is not None]
         statuses = [row["status"] for row in overdue]
@@ -208,6 +237,7 @@ def sweep(s: Session, dead_after_seconds: float, retry: RetryPolicy) -> SweepRep
             retries_in.extend(rescued["retries_in"] or ())
         if requeued:
             s.rows("notify_jobs", reason="rescued")
+        s.execute("sweep_done", worker_id=worker_id)
     return SweepReport(
         overdue_retried=statuses.count("new"),
         overdue_cancelled=statuses.count("cancelled"),

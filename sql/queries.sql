@@ -44,8 +44,24 @@ LISTEN notifyworker_ping;
 SELECT pg_notify('notifyworker_ping', %(token)s);
 
 -- register_worker --
--- Enters this process in the registry the sweeper reads.
-INSERT INTO notifyworker.workers (id, host, pid) VALUES (%(worker_id)s, %(host)s, %(pid)s);
+-- Enters this process in the registry the sweeper reads; again, after a
+-- sweeper declared it dead (its row was removed, its jobs rescued).
+INSERT INTO notifyworker.workers (id, host, pid) VALUES (%(worker_id)s, %(host)s, %(pid)s)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp();
+
+-- session_settings --
+-- What the service's own sessions depend on, whatever the database or role
+-- defaults say (a 1 ms statement_timeout, serializable by default, another
+-- DateStyle): statements that end, lock waits that end, a frozen worker's
+-- open transaction that cannot hold locks for long, read committed for SKIP
+-- LOCKED, and the text formats the driver reads.
+SET statement_timeout = '30s';
+SET lock_timeout = '10s';
+SET idle_in_transaction_session_timeout = '10s';
+SET default_transaction_isolation = 'read committed';
+SET default_transaction_read_only = off;
+SET DateStyle = 'ISO, MDY';
+SET IntervalStyle = 'postgres';
 
 -- heartbeat --
 -- Proves this worker alive, and brings back the rate set with `notifyworker
@@ -69,8 +85,22 @@ DELETE FROM notifyworker.settings WHERE name = 'rate';
 SELECT value FROM notifyworker.settings WHERE name = 'rate';
 
 -- unregister_worker --
--- A clean exit leaves nothing for the sweeper to rescue.
-DELETE FROM notifyworker.workers WHERE id = %(worker_id)s;
+-- A clean exit leaves nothing for the sweeper to rescue: the row goes. A
+-- worker that leaves jobs behind (it crashed out, or could not record them)
+-- keeps its row, marked dead at once, so the next sweep rescues them.
+WITH left_behind AS (
+    SELECT EXISTS (
+        SELECT FROM notifyworker.jobs
+        WHERE worker_id = %(worker_id)s AND status IN ('queued', 'running')
+    ) AS left_jobs
+), removed AS (
+    DELETE FROM notifyworker.workers
+    WHERE id = %(worker_id)s AND NOT (SELECT left_jobs FROM left_behind)
+), marked AS (
+    UPDATE notifyworker.workers SET heartbeat_at = '-infinity'
+    WHERE id = %(worker_id)s AND (SELECT left_jobs FROM left_behind)
+)
+SELECT left_jobs FROM left_behind;
 
 -- claim --
 -- Takes up to %(limit)s due jobs, earliest first, for one worker.
@@ -78,9 +108,13 @@ DELETE FROM notifyworker.workers WHERE id = %(worker_id)s;
 -- other or taking the same row; the partial index jobs_waiting keeps the
 -- scan to due waiting rows only (now(), being stable, bounds the index scan).
 -- queued_at is the claim's fence: the worker's marks carry it back.
+-- A worker a sweeper declared dead claims nothing until it has registered
+-- again, so a worker back from a freeze never runs a job's new attempt
+-- beside its stale one.
 WITH picked AS (
     SELECT id FROM notifyworker.jobs
     WHERE status = 'new' AND run_at <= now()
+      AND EXISTS (SELECT FROM notifyworker.workers WHERE id = %(worker_id)s)
     ORDER BY run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -92,7 +126,14 @@ WHERE j.id = picked.id
 -- Only what a consumer needs: every column loaded costs the claim's hot path.
 -- The payload comes as JSON text, parsed once, by the task's own model;
 -- queued_at is the marks' fence, created_at and attempts feed the metrics and the log line.
-RETURNING j.id, j.task, j.payload::text AS payload, extract(epoch FROM j.timeout)::float8 AS timeout,
+-- A payload whose stored size is over the worker's limit is not fetched at
+-- all (its size is read from the datum's header, without detoasting it): the
+-- consumer fails it as oversized, and the claim stays cheap whatever a row holds.
+RETURNING j.id, j.task,
+          CASE WHEN pg_column_size(j.payload) <= %(max_payload_bytes)s THEN j.payload::text END
+              AS payload,
+          pg_column_size(j.payload) AS stored_bytes,
+          extract(epoch FROM j.timeout)::float8 AS timeout,
           j.queued_at, j.created_at, j.attempts, j.max_attempts;
 
 -- async_commit --
@@ -170,12 +211,27 @@ RETURNING j.id, j.status,
 
 -- release_lost_claims --
 -- After a claim whose answer never came (the connection dropped around its
--- commit): jobs the table says this worker holds, but that no consumer of
--- it has, go back to the queue, so no job sits `queued` on a live worker.
-UPDATE notifyworker.jobs
-SET status = 'new', worker_id = NULL, queued_at = NULL
-WHERE worker_id = %(worker_id)s AND status = 'queued' AND id <> ALL (%(held)s::bigint[])
-RETURNING id;
+-- commit), and every few seconds anyway: jobs the table says this worker
+-- holds, but that no consumer of it has, go back to the queue, so no job
+-- sits `queued` on a live worker. Each counts a lost claim, like a dead
+-- worker's (take_back_unstarted): a job that keeps making claims fail ends
+-- cancelled instead of looping.
+SELECT id, status
+FROM notifyworker.take_back_unstarted(%(worker_id)s, %(held)s::bigint[], %(lost_claims_limit)s);
+
+-- attempts_not_ours --
+-- Of the attempts a worker holds (job id and claim stamp), those the table
+-- says are no longer its own: gone, finished or cancelled, or claimed anew
+-- (retried, rescued). Only these does the worker stop; a NOTIFY, which any
+-- role may send, is never enough on its own.
+SELECT m.id, m.queued_at, j.id IS NOT NULL AS found, j.status, j.error,
+       j.worker_id = %(worker_id)s AND j.queued_at = m.queued_at AS same_attempt
+FROM unnest(%(ids)s::bigint[], %(queued_at)s::timestamptz[]) AS m (id, queued_at)
+LEFT JOIN notifyworker.jobs AS j ON j.id = m.id
+WHERE j.id IS NULL
+   OR j.worker_id IS DISTINCT FROM %(worker_id)s
+   OR j.queued_at IS DISTINCT FROM m.queued_at
+   OR j.status NOT IN ('queued', 'running');
 
 -- requeue_unstarted --
 -- On shutdown, hands jobs this worker claimed but never started back to the
@@ -189,10 +245,19 @@ RETURNING id;
 -- Wakes every worker to claim, after jobs went back to the queue.
 SELECT pg_notify('notifyworker_jobs', %(reason)s);
 
--- sweep_lock --
--- One sweeper acts at a time across all replicas; the others skip the
--- round rather than wait. Released with the transaction.
-SELECT pg_try_advisory_xact_lock(hashtext('notifyworker.sweep')) AS acquired;
+-- sweep_lease --
+-- One sweeper acts at a time across all replicas; the others skip the round
+-- rather than wait. A row lock, released with the transaction, on a table
+-- only the worker role may lock (an advisory lock would let any role that
+-- can connect switch every sweeper off). The age of the last sweep comes
+-- back either way, so a fleet whose sweeper is stuck can say so.
+SELECT extract(epoch FROM clock_timestamp() - swept_at)::float8 AS age,
+       EXISTS (SELECT FROM notifyworker.sweeper FOR UPDATE SKIP LOCKED) AS acquired
+FROM notifyworker.sweeper;
+
+-- sweep_done --
+-- The round is over: when, and by whom.
+UPDATE notifyworker.sweeper SET swept_at = clock_timestamp(), swept_by = %(worker_id)s;
 
 -- sweep_overdue --
 -- Running jobs past their own deadline (bounded batch): retried after the
@@ -201,7 +266,9 @@ SELECT pg_try_advisory_xact_lock(hashtext('notifyworker.sweep')) AS acquired;
 -- the row as it was, so all the CASEs agree on `retry`.
 WITH overdue AS (
     SELECT id FROM notifyworker.jobs
-    WHERE status = 'running' AND started_at + timeout < clock_timestamp()
+    -- Compared as seconds, so no row's values can overflow the arithmetic.
+    WHERE status = 'running'
+      AND extract(epoch FROM clock_timestamp() - started_at) > extract(epoch FROM timeout)
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -232,11 +299,18 @@ SELECT id, status,
 FROM settled;
 
 -- dead_workers --
--- Workers whose heartbeat stopped; their jobs get rescued.
-SELECT id FROM notifyworker.workers
-WHERE heartbeat_at < clock_timestamp() - %(dead_after)s::interval
-ORDER BY heartbeat_at
-LIMIT %(limit)s;
+-- Workers whose heartbeat stopped, and workers with no row at all that
+-- still hold jobs (their row was deleted by hand, say): their jobs get
+-- rescued. The second half reads only the active rows (jobs_on_worker).
+(SELECT id FROM notifyworker.workers
+ WHERE heartbeat_at < clock_timestamp() - %(dead_after)s::interval
+ ORDER BY heartbeat_at
+ LIMIT %(limit)s)
+UNION
+(SELECT DISTINCT j.worker_id FROM notifyworker.jobs AS j
+ WHERE j.status IN ('queued', 'running')
+   AND NOT EXISTS (SELECT FROM notifyworker.workers AS w WHERE w.id = j.worker_id)
+ LIMIT %(limit)s);
 
 -- rescue_dead_worker --
 -- A dead worker's queued jobs never started, so they go back to the queue
@@ -245,22 +319,8 @@ LIMIT %(limit)s;
 -- jobs count the attempt: retried after the backoff while attempts remain,
 -- else cancelled, saying why.
 WITH requeued AS (
-    UPDATE notifyworker.jobs AS j
-    SET status = CASE WHEN j.lost_claims + 1 < %(lost_claims_limit)s THEN 'new' ELSE 'cancelled' END,
-        lost_claims = j.lost_claims + 1,
-        worker_id = CASE WHEN j.lost_claims + 1 < %(lost_claims_limit)s THEN NULL ELSE j.worker_id END,
-        queued_at = CASE WHEN j.lost_claims + 1 < %(lost_claims_limit)s THEN NULL ELSE j.queued_at END,
-        finished_at = CASE
-            WHEN j.lost_claims + 1 < %(lost_claims_limit)s THEN NULL ELSE clock_timestamp() END,
-        cancelled_at = CASE
-            WHEN j.lost_claims + 1 < %(lost_claims_limit)s THEN NULL ELSE clock_timestamp() END,
-        error = CASE
-            WHEN j.lost_claims + 1 < %(lost_claims_limit)s THEN j.error
-            ELSE 'cancelled by the sweeper: ' || (j.lost_claims + 1)
-                || ' workers died holding this job before it started; it may be killing them'
-        END
-    WHERE j.worker_id = %(worker_id)s AND j.status = 'queued'
-    RETURNING j.id, j.status
+    SELECT id, status
+    FROM notifyworker.take_back_unstarted(%(worker_id)s, '{}', %(lost_claims_limit)s)
 ), rescued AS (
     UPDATE notifyworker.jobs AS j
     SET status = CASE WHEN j.attempts < j.max_attempts THEN 'new' ELSE 'cancelled' END,

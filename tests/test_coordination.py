@@ -7,11 +7,12 @@ import math
 import trio
 
 from notifyworker.coordination import Demand
-from notifyworker.models import JobId
+from notifyworker.inflight import InFlight
+from tests.test_inflight import job
 
 
 async def test_each_scheduled_retry_keeps_its_own_due_time() -> None:
-    demand = Demand(slots=2)
+    demand = Demand(InFlight(2))
     start = trio.current_time()
     demand.due_in(2.0)
     demand.due_in(1.0)  # scheduled later, due sooner
@@ -25,11 +26,14 @@ async def test_each_scheduled_retry_keeps_its_own_due_time() -> None:
 
 
 async def test_free_slots_follow_the_jobs_held() -> None:
-    demand = Demand(slots=3)
-    demand.claimed(3, [], demand.generation)
+    inflight = InFlight(3)
+    demand = Demand(inflight)
+    demand.claimed(3, 0, demand.generation)
     assert (demand.free, demand.more_waiting) == (3, False)  # a short claim: the table is empty
     demand.work_arrived()
-    demand.claimed(3, [JobId(1), JobId(2)], demand.generation)
+    first, _ = inflight.claimed(job(1), 0), inflight.claimed(job(2), 0)
+    demand.claimed(3, 2, demand.generation)
     assert demand.free == 1
-    demand.released(JobId(1))
-    assert (demand.free, demand.held) == (2, {2})
+    inflight.release(first)
+    demand.released()
+    assert (demand.free, inflight.job_ids()) == (2, {2})

@@ -109,24 +109,3 @@ async def test_abandoned_tickets_are_skipped(autojump_clock: trio.testing.MockCl
 def test_negative_rate_is_refused() -> None:
     with pytest.raises(ValueError, match="rate must be"):
         FixedIntervalLimiter(-1)
-
-
-async def test_watchdog_cancels_a_job_past_its_local_deadline(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    from notifyworker.consumer import watch_deadlines
-    from notifyworker.coordination import RunningJobs
-    from notifyworker.models import JobId
-
-    running = RunningJobs()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_deadlines, running, 0.5)
-        late, fine = trio.CancelScope(), trio.CancelScope()
-        running.add(JobId(1), late, deadline=trio.current_time() + 2)
-        running.add(JobId(2), fine, deadline=trio.current_time() + 60)
-        await trio.sleep(3)
-        nursery.cancel_scope.cancel()
-    assert late.cancel_called
-    assert not fine.cancel_called
-    assert "timed out" in (running.remove(JobId(1)) or "")
-    assert running.remove(JobId(2)) is None

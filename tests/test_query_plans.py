@@ -31,7 +31,7 @@ def fill(conn: psycopg.Connection[Any]) -> None:
 
 def test_claim_and_sweep_use_the_partial_indexes(conn: psycopg.Connection[Any]) -> None:
     fill(conn)
-    claim = plan_text(conn, "claim", worker_id="w", limit=100)
+    claim = plan_text(conn, "claim", worker_id="w", limit=100, max_payload_bytes=1_048_576)
     assert "jobs_waiting" in claim
     assert "Seq Scan" not in claim
     backoff = {"retry_backoff": 1.0, "retry_backoff_max": 60.0}
@@ -41,11 +41,18 @@ def test_claim_and_sweep_use_the_partial_indexes(conn: psycopg.Connection[Any]) 
     params: dict[str, dict[str, Any]] = {
         "rescue_dead_worker": {"lost_claims_limit": 5, **backoff},
         "requeue_unstarted": {},
+        "unregister_worker": {},
     }
     for name, extra in params.items():
         plan = plan_text(conn, name, worker_id="w1", **extra)
         assert "jobs_on_worker" in plan, name
         assert "Seq Scan on jobs" not in plan, name
+    # Dead workers and workers with no row that still hold jobs: active rows only.
+    dead = plan_text(conn, "dead_workers", dead_after="15 seconds", limit=500)
+    assert "jobs_on_worker" in dead
+    assert "Seq Scan on jobs" not in dead
+    mine = plan_text(conn, "attempts_not_ours", worker_id="w1", ids=[1, 2], queued_at=[None, None])
+    assert "Seq Scan on jobs" not in mine
 
 
 def test_the_status_gauge_never_scans_the_table(conn: psycopg.Connection[Any]) -> None:

@@ -40,7 +40,7 @@ def story(conn: psycopg.Connection[Any], job: JobId) -> tuple[Any, ...]:
 
 def record(url: str, starts: list[StartMark], finishes: list[FinishMark]) -> set[JobId]:
     flushed = db.run_once(url, store.record_marks, W, RETRY, starts, finishes)
-    return set(flushed.refused)
+    return {job_id for job_id, _ in flushed.refused}
 
 
 def test_start_then_outcome_in_two_flushes(

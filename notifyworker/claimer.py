@@ -1,0 +1,145 @@
+"""The claimer: takes due jobs for the consumers, never more than their free slots.
+
+The claim runs on the event loop (no thread hop) on its own connection,
+through libpq's non-blocking API (`db.DirectStatement`). A claim that failed
+may still have committed with its answer lost; and every `reconcile_interval`
+anyway, the claimer puts back to `new` the jobs the table says this worker
+holds but it does not know about, so no job sits `queued` on a live worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+import trio
+
+from notifyworker.backoff import Retrying
+from notifyworker.coordination import Demand
+from notifyworker.db import DirectStatement, Row
+from notifyworker.inflight import Held, InFlight
+from notifyworker.limiter import FixedIntervalLimiter
+from notifyworker.models import ClaimedJob, JobId, WorkerId
+from notifyworker.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+
+def claimed_jobs(rows: list[Row]) -> list[ClaimedJob]:
+    """Rows the `claim` statement returned, oldest first."""
+    jobs = [
+        ClaimedJob(
+            id=JobId(row["id"]),
+            task=row["task"],
+            payload=row["payload"],
+            timeout=row["timeout"],
+            claimed_at=row["queued_at"],
+            attempt=row["attempts"] + 1,
+            max_attempts=row["max_attempts"],
+            created_at=row["created_at"],
+            stored_bytes=row["stored_bytes"],
+        )
+        for row in rows
+    ]
+    jobs.sort(key=lambda job: job.id)  # UPDATE … RETURNING does not keep the CTE's order
+    return jobs
+
+
+class Claimer:
+    """Claims whenever there is both room and maybe work; hands attempts to consumers."""
+
+    def __init__(
+        self,
+        url: str,
+        worker_id: WorkerId,
+        demand: Demand,
+        inflight: InFlight,
+        recorder: Recorder,
+        limiter: FixedIntervalLimiter,
+        *,
+        poll_interval: float,
+        reconcile_interval: float,
+        max_payload_bytes: int,
+    ) -> None:
+        # A claim lost in a server crash only puts the job back to `new`, so
+        # the claim connection commits asynchronously (see session_async_commit).
+        self._claim = DirectStatement(url, "claim", setup=("session_async_commit",))
+        self._worker_id = worker_id
+        self._demand = demand
+        self._inflight = inflight
+        self._recorder = recorder
+        self._limiter = limiter
+        self._poll_interval = poll_interval
+        self._reconcile_interval = reconcile_interval
+        self._max_payload_bytes = max_payload_bytes
+        self._retrying = Retrying("claim")
+
+    async def run(self, send: trio.MemorySendChannel[Held]) -> NoReturn:
+        """Owns `send`: when this task is cancelled the channel closes, which is
+        how the consumers learn that no more jobs will come."""
+        demand = self._demand
+        uncertain = False
+        reconcile_at = trio.current_time() + self._reconcile_interval
+        async with send:
+            try:
+                while True:
+                    if uncertain or trio.current_time() >= reconcile_at:
+                        uncertain = not await self._release_lost_claims()
+                        reconcile_at = trio.current_time() + self._reconcile_interval
+                        continue
+                    wake_at = min(
+                        trio.current_time() + self._poll_interval, demand.due, reconcile_at
+                    )
+                    with trio.move_on_at(wake_at) as poll:
+                        await demand.wait()
+                    if demand.retries_due(trio.current_time()):
+                        demand.work_arrived(wake=False)  # a retry fell due: claim it now
+                    elif poll.cancelled_caught:
+                        demand.work_arrived(wake=False)  # the claim follows right here
+                    while demand.free > 0 and demand.more_waiting:
+                        await self._recorder.below_limit()
+                        try:
+                            self._claim_once(send, await self._run_claim())
+                        except Exception as exc:  # noqa: BLE001 - the claimer outlives every failure
+                            # Maybe committed with its answer lost, or claimed rows
+                            # we could not take in: reconcile before claiming again.
+                            uncertain = True
+                            await self._retrying.failed(exc)
+                            break
+                        self._retrying.succeeded()
+                        await trio.lowlevel.checkpoint()
+            finally:
+                self._claim.close()
+
+    async def _run_claim(self) -> tuple[int, int, list[Row]]:
+        asked, generation = self._demand.free, self._demand.generation
+        rows = await self._claim.run(
+            worker_id=self._worker_id, limit=asked, max_payload_bytes=self._max_payload_bytes
+        )
+        return asked, generation, rows
+
+    def _claim_once(
+        self, send: trio.MemorySendChannel[Held], claim: tuple[int, int, list[Row]]
+    ) -> None:
+        asked, generation, rows = claim
+        jobs = claimed_jobs(rows)
+        self._demand.claimed(asked, len(jobs), generation)
+        for job in jobs:
+            # Start tickets are drawn here, in claim order, so the oldest job
+            # starts first whichever consumer trio happens to run first. The
+            # channel is never full: claims fit the free slots.
+            send.send_nowait(self._inflight.claimed(job, self._limiter.ticket()))
+
+    async def _release_lost_claims(self) -> bool:
+        """Requeue this worker's `queued` jobs it does not know; False while that fails."""
+        try:
+            released = await self._recorder.release_lost_claims(self._inflight.job_ids())
+        except Exception as exc:  # noqa: BLE001 - retried: the claimer outlives every failure
+            await self._retrying.failed(exc)
+            return False
+        if released:
+            log.warning(
+                "%d job(s) claimed here but unknown to this worker went back to the queue", released
+            )
+        self._demand.work_arrived()  # claim again at once
+        return True
