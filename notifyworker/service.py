@@ -66,10 +66,9 @@ POOL_SIZE = 6
 # while outcomes reach the table within as long.
 READY_WITHIN_BEATS = 3
 # Not ready when the fleet's sweeper (whichever replica leads) has not
-# finished a round in this many sweep intervals (and at least STALL_FLOOR s):
-# overdue and dead workers' jobs would wait unseen.
+# finished a round in this many sweep intervals (and never sooner than the
+# database's own readiness bound): overdue and dead workers' jobs would wait unseen.
 SWEEP_STALLED_AFTER = 10
-STALL_FLOOR = 10.0
 
 
 def new_worker_id() -> WorkerId:
@@ -294,8 +293,14 @@ class Worker:
                     f" ({self._recorder.retrying.last_error or 'waiting on the database'})"
                 )
         if self._sweeper is not None:
+            sweeping = self._sweeper.retrying
+            if sweeping.failing_for(now) > within:
+                return (
+                    f"the sweeper has failed for {sweeping.failing_for(now):.1f}s"
+                    f" ({sweeping.last_error})"
+                )
             age = self._sweeper.last_sweep_age(now)
-            if age > max(SWEEP_STALLED_AFTER * self.settings.sweep_interval, STALL_FLOOR):
+            if age > max(SWEEP_STALLED_AFTER * self.settings.sweep_interval, within):
                 return f"no sweeper in the fleet has finished a round for {age:.1f}s"
         return None
 

@@ -97,7 +97,7 @@ WITH left_behind AS (
     DELETE FROM notifyworker.workers
     WHERE id = %(worker_id)s AND NOT (SELECT left_jobs FROM left_behind)
 ), marked AS (
-    UPDATE notifyworker.workers SET heartbeat_at = '-infinity'
+    UPDATE notifyworker.workers SET heartbeat_at = 'epoch'
     WHERE id = %(worker_id)s AND (SELECT left_jobs FROM left_behind)
 )
 SELECT left_jobs FROM left_behind;

@@ -107,6 +107,22 @@ def empty_database_url(server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def login_role(server_url: str) -> Iterator[tuple[str, str]]:
+    """A login role of its own for the test (roles belong to the whole server), with no grants."""
+    name, password = f"nw_login_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    with _admin(server_url) as admin:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(name), sql.Literal(password)
+            )
+        )
+    yield name, password
+    with _admin(server_url) as admin:
+        admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
 def conn(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A plain autocommit connection to the test's database, as an application has."""
     with psycopg.connect(database_url, autocommit=True) as connection:

@@ -8,6 +8,8 @@ from typing import Any
 
 import psycopg
 import trio
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import BaseModel
 
 from notifyworker.config import Settings
@@ -54,6 +56,17 @@ def scalar(conn: psycopg.Connection[Any], query: str, *params: Any) -> Any:
     row = conn.execute(query.encode(), params or None).fetchone()
     assert row is not None
     return row[0]
+
+
+def grant(conn: psycopg.Connection[Any], group: str, member: str) -> None:
+    conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(member)))
+
+
+def url_as(database_url: str, role: tuple[str, str]) -> str:
+    """The test database's URL, logged in as `role` (name, password)."""
+    parts = conninfo_to_dict(database_url)
+    parts.update(user=role[0], password=role[1])
+    return make_conninfo("", **parts)
 
 
 class Nothing(BaseModel):

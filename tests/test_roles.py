@@ -2,41 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tests.helpers import Calls, eventually, fast_settings, running_worker, scalar
-
-
-@pytest.fixture
-def login_role(server_url: str) -> Iterator[tuple[str, str]]:
-    """A login role of its own for the test (roles belong to the whole server)."""
-    name, password = f"nw_login_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(name), sql.Literal(password)
-            )
-        )
-    yield name, password
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
-
-
-def grant(conn: psycopg.Connection[Any], group: str, member: str) -> None:
-    conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(member)))
-
-
-def url_as(database_url: str, role: tuple[str, str]) -> str:
-    parts = conninfo_to_dict(database_url)
-    parts.update(user=role[0], password=role[1])
-    return make_conninfo("", **parts)
+from tests.helpers import Calls, eventually, fast_settings, grant, running_worker, scalar, url_as
 
 
 def refused(conn: psycopg.Connection[Any], statement: str) -> bool:
