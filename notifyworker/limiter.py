@@ -22,6 +22,8 @@ from collections import deque
 
 import trio
 
+from notifyworker.models import rate_problem
+
 # The ticket of a job that needs no pacing (the rate was 0 when it was claimed).
 NO_TICKET = 0
 # Lateness absorbed without moving the schedule (epoll's timer ticks in whole
@@ -52,8 +54,8 @@ class FixedIntervalLimiter:
 
     @rate.setter
     def rate(self, rate: float) -> None:
-        if rate < 0 or math.isnan(rate):
-            raise ValueError(f"rate must be 0 (unlimited) or positive, not {rate}")
+        if problem := rate_problem(rate):
+            raise ValueError(problem)
         self._rate = rate
         self._interval = 1.0 / rate if rate else 0.0
         # Unlimited means no window either (tickets drawn before the change drain at once).

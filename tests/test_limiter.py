@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import trio
 import trio.testing
 
 from notifyworker.limiter import FixedIntervalLimiter
+from notifyworker.models import MAX_RATE, MIN_RATE
 
 
 async def _starts(limiter: FixedIntervalLimiter, callers: int, each: int) -> list[float]:
@@ -106,9 +108,22 @@ async def test_abandoned_tickets_are_skipped(autojump_clock: trio.testing.MockCl
     assert limiter.ticket() == 4
 
 
-def test_negative_rate_is_refused() -> None:
+@pytest.mark.parametrize("rate", [-1, math.nan, math.inf, -math.inf, 1e-320, 0.0009, 100_001])
+def test_a_rate_the_rule_refuses_is_refused(rate: float) -> None:
     with pytest.raises(ValueError, match="rate must be"):
-        FixedIntervalLimiter(-1)
+        FixedIntervalLimiter(rate)
+    limiter = FixedIntervalLimiter(50)
+    with pytest.raises(ValueError, match="rate must be"):
+        limiter.rate = rate
+    assert limiter.rate == 50
+
+
+@pytest.mark.parametrize("rate", [0, MIN_RATE, 0.5, 2_000, MAX_RATE])
+def test_every_rate_the_rule_accepts_is_taken(rate: float) -> None:
+    limiter = FixedIntervalLimiter(50)
+    limiter.rate = rate
+    assert limiter.rate == rate
+    assert FixedIntervalLimiter(rate).rate == rate
 
 
 async def test_watchdog_cancels_a_job_past_its_local_deadline(
