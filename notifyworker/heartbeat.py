@@ -13,7 +13,7 @@ from notifyworker import store
 from notifyworker.db import Database
 from notifyworker.errors import ConnectionLost
 from notifyworker.limiter import FixedIntervalLimiter
-from notifyworker.models import WorkerId
+from notifyworker.models import WorkerId, rate_problem
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ async def beat_forever(
     jobs, which were rescued; re-registering lets it go on with new ones, and
     the mark guards keep it from touching the rescued ones.
     """
+    refused: str | None = None  # the bad rate setting last warned about
     while True:
         await trio.sleep(interval)
         try:
@@ -46,7 +47,25 @@ async def beat_forever(
         except ConnectionLost as exc:
             log.warning("heartbeat failed: %s", exc)
             continue
-        rate = own_rate if beat.rate is None else beat.rate
-        if rate != limiter.rate:
-            log.info("rate changed: %g → %g jobs/s", limiter.rate, rate)
-            limiter.rate = rate
+        refused = follow_rate(limiter, own_rate if beat.rate is None else beat.rate, refused)
+
+
+def follow_rate(limiter: FixedIntervalLimiter, rate: float, refused: str | None) -> str | None:
+    """Apply a rate read from the database, unless it breaks the rule; the one refused.
+
+    The table is not ours alone (an old schema's CHECK, a superuser's UPDATE),
+    and a worker must never die of what it reads there: a bad value is warned
+    about once, and the worker keeps the rate it has.
+    """
+    if problem := rate_problem(rate):
+        if repr(rate) != refused:  # repr: NaN equals no NaN, but 'nan' equals 'nan'
+            log.warning(
+                "ignoring the rate set in notifyworker.settings (%s); keeping %g jobs/s",
+                problem,
+                limiter.rate,
+            )
+        return repr(rate)
+    if rate != limiter.rate:
+        log.info("rate changed: %g → %g jobs/s", limiter.rate, rate)
+        limiter.rate = rate
+    return None
