@@ -312,3 +312,23 @@ async def test_a_bad_rate_in_the_database_never_stops_a_worker(
     assert calls.started == list(range(1, len(bad) + 1))
     assert len(refusals()) == len(bad)  # once per distinct bad value, not once per beat
     assert all("rate must be" in w and "keeping 7 jobs/s" in w for w in refusals())
+
+
+async def test_jobs_waiting_at_a_slow_rate_start_soon_after_it_is_reset(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    calls = Calls()
+    settings = fast_settings(database_url, rate=50, concurrency=5)
+    async with running_worker(settings, calls.registry) as worker:
+        conn.execute("INSERT INTO notifyworker.settings (name, value) VALUES ('rate', 0.001)")
+        await eventually(lambda: worker.limiter.rate == 0.001)
+        jobs = [insert(conn, "record", f'{{"n": {n}}}') for n in range(1, 5)]
+        claimed = "SELECT count(*) FROM notifyworker.jobs WHERE status <> 'new'"
+        await eventually(lambda: scalar(conn, claimed) == len(jobs))
+        assert len(calls.started) <= 1  # the next slot is 1,000 s away: the rest wait
+        conn.execute("DELETE FROM notifyworker.settings")  # `notifyworker rate --reset`
+        # Re-planned at 50/s: a couple of heartbeats (0.2 s each) and some slack, not 1,000 s.
+        with trio.fail_after(10 * settings.heartbeat_interval):
+            for job in jobs:
+                await finished(conn, job)
+    assert sorted(calls.started) == [1, 2, 3, 4]
