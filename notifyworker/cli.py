@@ -23,7 +23,7 @@ from rich.console import Console
 from notifyworker import config, console, db, store
 from notifyworker.config import Settings
 from notifyworker.errors import ConfigError, NotifyWorkerError, SchemaOutdated
-from notifyworker.models import JobId, JobRow
+from notifyworker.models import MAX_RATE, MIN_RATE, JobId, JobRow, rate_problem
 from notifyworker.tasks import import_tasks, registry
 
 log = logging.getLogger("notifyworker")
@@ -42,7 +42,10 @@ DatabaseUrl = Annotated[
 Concurrency = Annotated[int | None, typer.Option(help="Jobs run at once (default: 10).")]
 Rate = Annotated[
     float | None,
-    typer.Option(help="Job starts per second in this process, 0 = unlimited (default: 50)."),
+    typer.Option(
+        help=f"Job starts per second in this process: {MIN_RATE:g} to {MAX_RATE:g}, "
+        "or 0 = unlimited (default: 50)."
+    ),
 ]
 PollInterval = Annotated[
     float | None,
@@ -265,14 +268,15 @@ def cancel(
     print(status)
 
 
-@app.command()
+# A negative value is an argument for the rule to refuse in one line, not an unknown option.
+@app.command(context_settings={"ignore_unknown_options": True})
 def rate(
     value: Annotated[
         float | None,
         typer.Argument(
-            help="Job starts per second per worker process; 0 = unlimited.",
+            help=f"Job starts per second per worker process: {MIN_RATE:g} to {MAX_RATE:g}, "
+            "or 0 = unlimited.",
             show_default=False,
-            min=0,
         ),
     ] = None,
     reset: Annotated[
@@ -281,6 +285,8 @@ def rate(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Show or change the rate of every running worker (applied within a heartbeat)."""
+    if value is not None and (problem := rate_problem(value)):
+        raise ConfigError(problem)
     settings = _settings(database_url=database_url, log_level="WARNING")
     url = settings.url()
     if reset:

@@ -16,6 +16,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from notifyworker.errors import ConfigError
+from notifyworker.models import rate_problem
 
 # Where `up` keeps its embedded PostgreSQL between runs, relative to the cwd.
 DEFAULT_DATA_DIR = Path(".notifyworker/pg")
@@ -38,8 +39,6 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=10, ge=1, le=1000, description="Jobs run at once.")
     rate: float = Field(
         default=50.0,
-        ge=0,
-        le=100_000,
         description="Job starts per second in this process; 0 means unlimited.",
     )
     poll_interval: float = Field(
@@ -121,6 +120,13 @@ class Settings(BaseSettings):
     def _port_off(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in {"off", "none", ""}:
             return None
+        return value
+
+    @field_validator("rate")
+    @classmethod
+    def _rate_rule(cls, value: float) -> float:
+        if problem := rate_problem(value):
+            raise ValueError(problem)
         return value
 
     @field_validator("tasks", mode="before")

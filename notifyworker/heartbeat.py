@@ -14,7 +14,7 @@ from notifyworker.backoff import Retrying
 from notifyworker.coordination import Demand
 from notifyworker.db import Database
 from notifyworker.limiter import FixedIntervalLimiter
-from notifyworker.models import WorkerId
+from notifyworker.models import WorkerId, rate_problem
 from notifyworker.ownership import Ownership
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ async def beat_forever(
     worker), so a job's new attempt never runs beside its stale one here.
     """
     retrying = Retrying("heartbeat")
+    refused: str | None = None  # the bad rate setting last warned about
     while True:
         await trio.sleep(interval)
         try:
@@ -61,11 +62,29 @@ async def beat_forever(
                 demand.work_arrived()
                 continue
             ownership.ask_all()
-            rate = own_rate if beat.rate is None else beat.rate
-            if rate != limiter.rate:
-                log.info("rate changed: %g → %g jobs/s", limiter.rate, rate)
-                limiter.rate = rate
+            refused = follow_rate(limiter, own_rate if beat.rate is None else beat.rate, refused)
         except Exception as exc:  # noqa: BLE001 - the heartbeat outlives every failure
             await retrying.failed(exc)
             continue
         retrying.succeeded()
+
+
+def follow_rate(limiter: FixedIntervalLimiter, rate: float, refused: str | None) -> str | None:
+    """Apply a rate read from the database, unless it breaks the rule; the one refused.
+
+    The table is not ours alone (an old schema's CHECK, a superuser's UPDATE),
+    and a worker must never die of what it reads there: a bad value is warned
+    about once, and the worker keeps the rate it has.
+    """
+    if problem := rate_problem(rate):
+        if repr(rate) != refused:  # repr: NaN equals no NaN, but 'nan' equals 'nan'
+            log.warning(
+                "ignoring the rate set in notifyworker.settings (%s); keeping %g jobs/s",
+                problem,
+                limiter.rate,
+            )
+        return repr(rate)
+    if rate != limiter.rate:
+        log.info("rate changed: %g → %g jobs/s", limiter.rate, rate)
+        limiter.rate = rate
+    return None

@@ -9,9 +9,12 @@ first), at slots 1/rate apart:
 - a grant up to CATCH_UP late keeps the schedule (the event loop's timer
   ticks in whole milliseconds, which at 2,000/s is two slots); later than
   that, the schedule re-anchors at now: after idling there is no credit;
-- and whatever the lateness, no WINDOW holds more than rate x WINDOW + 1
+- whatever the lateness, no WINDOW holds more than rate x WINDOW + 1
   starts, counted from when each waiter really resumed (plus the grants not
-  yet started), so a late batch cannot crowd a window.
+  yet started), so a late batch cannot crowd a window;
+- a rate change re-plans at once: the next slot becomes the last grant's slot
+  plus the new interval (now, if that is past), and the head of the line wakes
+  to follow it, so jobs claimed at 0.001/s do not wait 1,000 s after a reset.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from collections import deque
 
 import trio
 
+from notifyworker.models import MAX_RATE, rate_problem
+
 # The ticket of a job that needs no pacing (the rate was 0 when it was claimed).
 NO_TICKET = 0
 # Lateness absorbed without moving the schedule (epoll's timer ticks in whole
@@ -31,6 +36,8 @@ CATCH_UP = 0.010
 WINDOW = 0.1
 # One tick of the event loop's timer: how soon a blocked head of line looks again.
 TICK = 0.001
+# Starts remembered for the window: no rate the rule allows has a larger cap.
+MAX_WINDOW_CAP = math.floor(MAX_RATE * WINDOW) + 1
 
 
 class FixedIntervalLimiter:
@@ -38,12 +45,15 @@ class FixedIntervalLimiter:
 
     def __init__(self, rate: float) -> None:
         self._next_slot = -math.inf
+        self._last_slot = -math.inf  # the slot of the last grant: where a re-plan starts
+        self._replanned = trio.Event()  # set (and replaced) when the rate changes
+        self._rate = math.nan  # no rate yet: the first one is a change like any other
         self._issued = 0
         self._serving = 1
         self._turns: dict[int, trio.Event] = {}
         self._abandoned: set[int] = set()
         self._recent: deque[float] = deque()
-        self._granted: set[int] = set()
+        self._granted: dict[int, float] = {}  # granted, not yet started: their slots
         self.rate = rate
 
     @property
@@ -52,12 +62,18 @@ class FixedIntervalLimiter:
 
     @rate.setter
     def rate(self, rate: float) -> None:
-        if rate < 0 or math.isnan(rate):
-            raise ValueError(f"rate must be 0 (unlimited) or positive, not {rate}")
+        if problem := rate_problem(rate):
+            raise ValueError(problem)
+        if rate == self._rate:
+            return  # the same rate keeps its schedule: absolute slots never drift
         self._rate = rate
         self._interval = 1.0 / rate if rate else 0.0
         # Unlimited means no window either (tickets drawn before the change drain at once).
         self._window_cap = math.floor(rate * WINDOW) + 1 if rate else sys.maxsize
+        # Re-plan: a slot already past is re-anchored at now by the next look.
+        self._next_slot = self._last_slot + self._interval
+        self._replanned.set()  # the head of the line, asleep until the old slot, looks again
+        self._replanned = trio.Event()
 
     def ticket(self) -> int:
         """A place in the start order; every ticket must be waited for or abandoned."""
@@ -66,26 +82,32 @@ class FixedIntervalLimiter:
         self._issued += 1
         return self._issued
 
-    async def wait(self, ticket: int | None = None) -> None:
+    async def wait(self, ticket: int | None = None) -> float:
         """Return at this ticket's start slot (a fresh ticket when none is given).
 
-        The waiter at the head of the line sleeps until the next slot, then grants
-        every ticket whose slot has come in one go, so a high rate costs one
-        wake-up per timer tick rather than one per start. Cancelled while waiting,
-        the ticket is given up: a gap, never a burst.
+        Returns the slot granted on the schedule (now, for an unpaced start).
+
+        The waiter at the head of the line sleeps until the next slot, or until
+        the rate changes, then grants every ticket whose slot has come in one go,
+        so a high rate costs one wake-up per timer tick rather than one per
+        start. Cancelled while waiting, the ticket is given up: a gap, never a burst.
         """
         if ticket is None:
             ticket = self.ticket()
         if ticket == NO_TICKET:
             await trio.lowlevel.checkpoint()
-            return
+            now = trio.current_time()
+            self._started(now)  # unpaced, but in the window a later rate will see
+            return now
         try:
             while ticket not in self._granted:
                 next_slot = self._grant_due()
                 if ticket in self._granted:
                     break
                 if ticket == self._serving:
-                    await trio.sleep_until(next_slot)
+                    replanned = self._replanned
+                    with trio.move_on_at(next_slot):
+                        await replanned.wait()
                 else:
                     await self._turns.setdefault(ticket, trio.Event()).wait()
             await trio.lowlevel.checkpoint()
@@ -93,10 +115,22 @@ class FixedIntervalLimiter:
             self.abandon(ticket)
             raise
         # Started: counted in the window from when it really starts, not from its grant.
-        self._granted.discard(ticket)
-        self._recent.append(trio.current_time())
-        while len(self._recent) > self._window_cap:
-            self._recent.popleft()
+        slot = self._granted.pop(ticket)
+        self._started(trio.current_time())
+        return slot
+
+    def _started(self, now: float) -> None:
+        """Remember a start for the window, forgetting those no window can see.
+
+        Kept by age (and never more than the largest cap), not by the current
+        cap: unpaced starts count too, made under no cap, and a rate set
+        after them must still see every start of the last WINDOW.
+        """
+        recent = self._recent
+        recent.append(now)
+        horizon = now - WINDOW
+        while recent[0] <= horizon or len(recent) > MAX_WINDOW_CAP:
+            recent.popleft()
 
     def _grant_due(self) -> float:
         """Grant, in order, the tickets whose slot has come; the next slot after them."""
@@ -121,8 +155,9 @@ class FixedIntervalLimiter:
                     head.set()  # the new head of the line takes over the sleeping
                 return slot
             # The window cap delays a grant but not the schedule behind it.
+            self._last_slot = scheduled
             self._next_slot = scheduled + self._interval
-            self._granted.add(self._serving)
+            self._granted[self._serving] = scheduled
             turn = self._turns.pop(self._serving, None)
             if turn is not None:
                 turn.set()
@@ -135,7 +170,7 @@ class FixedIntervalLimiter:
             return
         self._turns.pop(ticket, None)
         if ticket in self._granted:
-            self._granted.discard(ticket)  # its slot is spent: a gap, not a burst
+            del self._granted[ticket]  # its slot is spent: a gap, not a burst
         elif ticket >= self._serving:
             self._abandoned.add(ticket)
             if ticket == self._serving:

@@ -1,4 +1,4 @@
-"""The shapes that cross module boundaries: job rows, statuses, outcomes."""
+"""The shapes that cross module boundaries: job rows, statuses, outcomes, the rate rule."""
 
 from __future__ import annotations
 
@@ -8,6 +8,25 @@ from typing import Any, Literal, NewType
 
 JobId = NewType("JobId", int)
 WorkerId = NewType("WorkerId", str)
+
+# What a rate (job starts per second) may be: 0 (unlimited), or finite and
+# within these bounds. The same rule guards the settings, the CLI, the limiter
+# and, as the CHECK `rate_in_bounds`, notifyworker.settings (sql/migrations):
+# below the minimum a rate is a stop in disguise (1e-320 is one start per
+# 10^312 years); NaN and infinity are no rate at all.
+MIN_RATE = 0.001
+MAX_RATE = 100_000.0
+
+
+def rate_problem(rate: float) -> str | None:
+    """Why `rate` is not an acceptable rate, or None when it is."""
+    if rate == 0 or MIN_RATE <= rate <= MAX_RATE:  # NaN fails every comparison
+        return None
+    return (
+        f"rate must be 0 (unlimited) or between {MIN_RATE:g} and {MAX_RATE:g} "
+        f"job starts per second, not {rate:g}"
+    )
+
 
 JobStatus = Literal["new", "queued", "running", "done", "failed", "cancelled"]
 FinalStatus = Literal["done", "failed", "cancelled"]

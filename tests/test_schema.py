@@ -15,6 +15,7 @@ import pytest
 
 from notifyworker import db, sqlfiles, store
 from notifyworker.errors import RowRejected
+from notifyworker.models import MAX_RATE, MIN_RATE
 from tests.helpers import scalar
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,3 +114,38 @@ def test_query_file_parser() -> None:
         "-- header\n\n-- first --\n-- what it does\nSELECT 1;\n\n-- second --\nSELECT\n  2;\n"
     )
     assert parsed == {"first": "SELECT 1;", "second": "SELECT\n  2;"}
+
+
+@pytest.mark.parametrize(
+    "value", ["'NaN'", "'Infinity'", "'-Infinity'", "-1", "1e-320", "0.0009", "100000.5"]
+)
+def test_a_rate_the_rule_refuses_is_refused_by_a_named_constraint(
+    conn: psycopg.Connection[Any], value: str
+) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation, match="rate_in_bounds"):
+        conn.execute(f"INSERT INTO notifyworker.settings (name, value) VALUES ('rate', {value})")
+
+
+@pytest.mark.parametrize("value", [0, MIN_RATE, 50, MAX_RATE])
+def test_every_rate_the_rule_accepts_is_stored(database_url: str, value: float) -> None:
+    db.run_once(database_url, store.set_rate, value)
+    assert db.run_once(database_url, store.get_rate) == value
+
+
+@pytest.mark.parametrize(("value", "kept"), [("'NaN'", None), ("1e-320", None), ("20", 20.0)])
+def test_rate_bounds_migration_copes_with_a_row_already_there(
+    database_url: str, conn: psycopg.Connection[Any], value: str, kept: float | None
+) -> None:
+    # Back to the schema before the rate_bounds migration, holding a row its old CHECK let through.
+    conn.execute(
+        "ALTER TABLE notifyworker.settings DROP CONSTRAINT rate_in_bounds,"
+        " ADD CONSTRAINT rate_not_negative CHECK (name <> 'rate' OR value >= 0)"
+    )
+    conn.execute("DELETE FROM notifyworker.migrations WHERE name = 'rate_bounds'")
+    conn.execute(f"INSERT INTO notifyworker.settings (name, value) VALUES ('rate', {value})")
+    assert db.run_once(database_url, store.migrate) == [
+        f"{m.version:04d}_{m.name}" for m in sqlfiles.migrations() if m.name == "rate_bounds"
+    ]
+    assert db.run_once(database_url, store.get_rate) == kept
+    with pytest.raises(psycopg.errors.CheckViolation, match="rate_in_bounds"):
+        conn.execute("INSERT INTO notifyworker.settings (name, value) VALUES ('rate', 'NaN')")
