@@ -24,6 +24,7 @@ from notifyworker import config, console, db, store
 from notifyworker.config import Settings
 from notifyworker.errors import ConfigError, NotifyWorkerError, SchemaOutdated
 from notifyworker.models import JobId, JobRow
+from notifyworker.safetext import visible
 from notifyworker.tasks import import_tasks, registry
 
 log = logging.getLogger("notifyworker")
@@ -93,7 +94,8 @@ def _alone(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _fail(exc: Exception, code: int) -> NoReturn:
-    print(f"notifyworker: error: {exc}", file=sys.stderr)
+    # A message may quote a row or a setting: one line, no control character obeyed.
+    print(f"notifyworker: error: {visible(str(exc))}", file=sys.stderr)
     raise SystemExit(code)
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import re
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,34 @@ def cli(
         timeout=timeout,
         check=False,
     )
+
+
+def cli_on_terminal(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """The CLI with stdout on a pseudo-terminal: (exit code, what the terminal got, stderr)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 400, 0, 0))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFYWORKER_")}
+    for name in ("DATABASE_URL", "NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES", "TTY_COMPATIBLE"):
+        base.pop(name, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "notifyworker", *args],
+        cwd=ROOT,
+        env={**base, "TERM": "xterm-256color", **env},
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    try:
+        while data := os.read(master, 65536):
+            chunks.append(data)
+    except OSError:  # EIO: the child closed the terminal's last end
+        pass
+    finally:
+        os.close(master)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, b"".join(chunks).decode(), err.decode()
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -235,3 +268,34 @@ def test_check_fails_in_one_line_without_a_schema_or_a_database(empty_database_u
     assert [no_schema.returncode, unreachable.returncode] == [1, 1]
     assert "notifyworker migrate" in one_line_error(no_schema)
     assert "s3cret" not in one_line_error(unreachable)
+
+
+def test_jobs_on_a_terminal_shows_row_text_as_inert_text(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, object_id) VALUES ('sleep', '[/oops]'),"
+        " ('plain', '[link=https://evil.example]x[/link]'), ('red\x1b[31m', NULL),"
+        " ('link\x1b]8;;http://x\x1b\\', 'ok')"
+    )
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, status, finished_at, error)"
+        " VALUES ('bidi', 'failed', now(), 'abc\u202edef')"
+    )
+    code, shown, err = cli_on_terminal("jobs", env={"DATABASE_URL": database_url})
+    assert code == 0, err
+    assert "Traceback" not in err
+    # Styling is rich's own SGR; with it removed, no ESC is left: none came from a row.
+    text = re.sub(r"\x1b\[[0-9;]*m", "", shown)
+    assert "\x1b" not in text
+    assert "\x1b]8;" not in shown  # no hyperlink
+    assert "\u202e" not in shown
+    assert "\x1b[31mfailed" in shown  # status styles still work
+    for literal in (
+        "[/oops]",
+        "[link=https://evil.example]x[/link]",
+        "red\\x1b[31m",
+        "link\\x1b]8;;http://x\\x1b\\",
+        "abc\\u202edef",
+    ):
+        assert literal in text, literal
