@@ -299,3 +299,84 @@ def test_jobs_on_a_terminal_shows_row_text_as_inert_text(
         "abc\\u202edef",
     ):
         assert literal in text, literal
+
+
+def flat(text: str) -> str:
+    """Help text without rich's box and wrapping."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def test_database_url_file_serves_migrate_and_check(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    secret = tmp_path / "DATABASE_URL"
+    secret.write_text(empty_database_url + "\n")  # as a mounted Secret often ends
+    migrated = cli("migrate", "--database-url-file", str(secret))
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.startswith("applied ")
+    checked = cli("check", "--database-url-file", str(secret))
+    assert checked.returncode == 0, checked.stderr
+    from_env = cli("check", env={"NOTIFYWORKER_DATABASE_URL_FILE": str(secret)})
+    assert from_env.returncode == 0, from_env.stderr
+    # The flag wins over the environment's URL.
+    over_env = cli("check", "--database-url-file", str(secret), env={"DATABASE_URL": "nope"})
+    assert over_env.returncode == 0, over_env.stderr
+
+
+def test_help_says_the_url_flag_shows_in_ps_and_offers_a_file() -> None:
+    for command in ("run", "migrate", "check", "up", "enqueue", "jobs", "rate", "cancel"):
+        shown = flat(cli(command, "--help", env={"COLUMNS": "200"}).stdout)
+        assert "visible to every local user in `ps`" in shown, command
+        assert "--database-url-file" in shown, command
+        assert "NOTIFYWORKER_DATABASE_URL_FILE" in shown, command
+
+
+def test_a_url_file_that_cannot_serve_is_one_line_naming_it(tmp_path: Path) -> None:
+    missing, empty = tmp_path / "missing", tmp_path / "empty"
+    empty.write_text("\n")
+    for path in (missing, empty, tmp_path):
+        result = cli("check", "--database-url-file", str(path))
+        assert result.returncode == 2
+        assert str(path) in one_line_error(result)
+    both = cli("check", "--database-url-file", str(empty), "--database-url", "postgresql://x@y/z")
+    assert both.returncode == 2
+    assert "not both" in one_line_error(both)
+    both_env = cli(
+        "check",
+        env={"DATABASE_URL": "postgresql://x@y/z", "NOTIFYWORKER_DATABASE_URL_FILE": str(empty)},
+    )
+    assert both_env.returncode == 2
+    assert "both set" in one_line_error(both_env)
+
+
+def test_a_password_that_needs_percent_encoding_is_refused_before_connecting() -> None:
+    password = "p@ss/w?rd#1"  # noqa: S105 - a test password
+    for args, env in (
+        ((), {"DATABASE_URL": f"postgresql://app:{password}@127.0.0.1:1/db"}),
+        (("--database-url", f"postgresql://app:{password}@127.0.0.1:1/db"), {}),
+    ):
+        result = cli("check", *args, env=env)
+        assert result.returncode == 2
+        line = one_line_error(result)
+        assert "must be percent-encoded (e.g. @ as %40" in line
+        for piece in (password, "p@ss", "ss/w", "w?rd", "rd#1"):
+            assert piece not in result.stdout + result.stderr
+    encoded = cli(
+        "check", env={"DATABASE_URL": "postgresql://app:p%40ss%2Fw%3Frd%231@127.0.0.1:1/db"}
+    )
+    assert encoded.returncode == 1  # accepted, then the connection fails
+    assert "127.0.0.1" in one_line_error(encoded)
+    assert "ss%2Fw" not in encoded.stderr
+    assert "p@ss" not in encoded.stderr
+
+
+def test_a_password_on_the_command_line_is_warned_about_not_shown() -> None:
+    url = "postgresql://app:s3cret-pw@127.0.0.1:1/db"
+    result = cli("check", "--database-url", url)
+    assert result.returncode == 1
+    warnings = [line for line in result.stderr.splitlines() if "--database-url" in line]
+    assert len(warnings) == 1
+    assert "ps" in warnings[0]
+    assert "s3cret" not in result.stderr
+    no_password = cli("check", "--database-url", "postgresql://app@127.0.0.1:1/db")
+    assert "--database-url" not in no_password.stderr
