@@ -20,10 +20,11 @@ import typer
 from pydantic import SecretStr
 from rich.console import Console
 
-from notifyworker import config, console, db, store
+from notifyworker import config, console, db, dburl, store
 from notifyworker.config import Settings
 from notifyworker.errors import ConfigError, NotifyWorkerError, SchemaOutdated
 from notifyworker.models import MAX_RATE, MIN_RATE, JobId, JobRow, rate_problem
+from notifyworker.safetext import visible
 from notifyworker.tasks import import_tasks, registry
 
 log = logging.getLogger("notifyworker")
@@ -37,7 +38,25 @@ app = typer.Typer(
 
 DatabaseUrl = Annotated[
     str | None,
-    typer.Option("--database-url", help="PostgreSQL URL (env: DATABASE_URL).", show_default=False),
+    typer.Option(
+        "--database-url",
+        help=(
+            "PostgreSQL URL (env: DATABASE_URL). On the command line it is visible to every "
+            "local user in `ps`: prefer DATABASE_URL or --database-url-file."
+        ),
+        show_default=False,
+    ),
+]
+DatabaseUrlFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--database-url-file",
+        help=(
+            "File holding the PostgreSQL URL, e.g. a mounted Secret; one trailing newline "
+            "is ignored (env: NOTIFYWORKER_DATABASE_URL_FILE)."
+        ),
+        show_default=False,
+    ),
 ]
 Concurrency = Annotated[int | None, typer.Option(help="Jobs run at once (default: 10).")]
 Rate = Annotated[
@@ -96,7 +115,8 @@ def _alone(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _fail(exc: Exception, code: int) -> NoReturn:
-    print(f"notifyworker: error: {exc}", file=sys.stderr)
+    # A message may quote a row or a setting: one line, no control character obeyed.
+    print(f"notifyworker: error: {visible(str(exc))}", file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -106,21 +126,34 @@ def _settings(**flags: Any) -> Settings:
     from notifyworker import logs  # noqa: PLC0415 - rich logging only for commands that log
 
     logs.configure(settings.log_level, logging_console, settings.log_format)
+    if flags.get("database_url") and dburl.has_password(flags["database_url"]):
+        log.warning(
+            "the database password was given with --database-url, where every local user "
+            "can read it (ps): use DATABASE_URL or --database-url-file instead"
+        )
     return settings
 
 
 @app.command()
-def migrate(database_url: DatabaseUrl = None, log_level: LogLevel = None) -> None:
+def migrate(
+    database_url: DatabaseUrl = None,
+    database_url_file: DatabaseUrlFile = None,
+    log_level: LogLevel = None,
+) -> None:
     """Create or update the notifyworker schema (safe to run twice, or concurrently)."""
-    settings = _settings(database_url=database_url, log_level=log_level)
+    settings = _settings(
+        database_url=database_url, database_url_file=database_url_file, log_level=log_level
+    )
     applied = db.run_once(settings.url(), store.migrate)
     print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
 
 
 @app.command()
-def check(database_url: DatabaseUrl = None) -> None:
+def check(database_url: DatabaseUrl = None, database_url_file: DatabaseUrlFile = None) -> None:
     """Exit 0 when the database answers and its schema is current: an exec probe."""
-    settings = _settings(database_url=database_url, log_level="WARNING")
+    settings = _settings(
+        database_url=database_url, database_url_file=database_url_file, log_level="WARNING"
+    )
     pending = db.run_once(settings.url(), store.pending_migrations)
     if pending:
         raise SchemaOutdated(
@@ -133,6 +166,7 @@ def check(database_url: DatabaseUrl = None) -> None:
 @app.command()
 def run(
     database_url: DatabaseUrl = None,
+    database_url_file: DatabaseUrlFile = None,
     concurrency: Concurrency = None,
     rate: Rate = None,
     poll_interval: PollInterval = None,
@@ -143,6 +177,7 @@ def run(
     """Run a worker until SIGTERM or Ctrl-C."""
     settings = _settings(
         database_url=database_url,
+        database_url_file=database_url_file,
         concurrency=concurrency,
         rate=rate,
         poll_interval=poll_interval,
@@ -178,6 +213,7 @@ def up(
         typer.Option(help="Data folder of the embedded PostgreSQL (default: .notifyworker/pg)."),
     ] = None,
     database_url: DatabaseUrl = None,
+    database_url_file: DatabaseUrlFile = None,
     concurrency: Concurrency = None,
     rate: Rate = None,
     shutdown_grace: ShutdownGrace = None,
@@ -190,6 +226,7 @@ def up(
     out = Console()
     settings = _settings(
         database_url=database_url,
+        database_url_file=database_url_file,
         concurrency=concurrency,
         rate=rate,
         shutdown_grace=shutdown_grace,
@@ -240,9 +277,12 @@ def enqueue(
         int, typer.Option(min=1, max=100, help="Starts the job may have (retries + 1).")
     ] = 1,
     database_url: DatabaseUrl = None,
+    database_url_file: DatabaseUrlFile = None,
 ) -> None:
     """Insert one job, exactly as an application's INSERT would."""
-    settings = _settings(database_url=database_url, log_level="WARNING")
+    settings = _settings(
+        database_url=database_url, database_url_file=database_url_file, log_level="WARNING"
+    )
     try:
         data = json.loads(payload)
     except json.JSONDecodeError as exc:
@@ -259,9 +299,12 @@ def enqueue(
 def cancel(
     job_id: Annotated[int, typer.Argument(help="The job's id.", show_default=False)],
     database_url: DatabaseUrl = None,
+    database_url_file: DatabaseUrlFile = None,
 ) -> None:
     """Cancel a job, as `SELECT notifyworker.cancel(id)` does: its status afterwards."""
-    settings = _settings(database_url=database_url, log_level="WARNING")
+    settings = _settings(
+        database_url=database_url, database_url_file=database_url_file, log_level="WARNING"
+    )
     status = db.run_once(settings.url(), store.cancel, JobId(job_id))
     if status is None:
         raise ConfigError(f"there is no job {job_id}")
@@ -283,11 +326,14 @@ def rate(
         bool, typer.Option("--reset", help="Go back to each worker's own configured rate.")
     ] = False,
     database_url: DatabaseUrl = None,
+    database_url_file: DatabaseUrlFile = None,
 ) -> None:
     """Show or change the rate of every running worker (applied within a heartbeat)."""
     if value is not None and (problem := rate_problem(value)):
         raise ConfigError(problem)
-    settings = _settings(database_url=database_url, log_level="WARNING")
+    settings = _settings(
+        database_url=database_url, database_url_file=database_url_file, log_level="WARNING"
+    )
     url = settings.url()
     if reset:
         db.run_once(url, store.set_rate, None)
@@ -301,9 +347,12 @@ def rate(
 def jobs(
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many of the latest.")] = 20,
     database_url: DatabaseUrl = None,
+    database_url_file: DatabaseUrlFile = None,
 ) -> None:
     """The latest jobs with their whole story and pickup latency."""
-    settings = _settings(database_url=database_url, log_level="WARNING")
+    settings = _settings(
+        database_url=database_url, database_url_file=database_url_file, log_level="WARNING"
+    )
     rows: list[JobRow] = db.run_once(settings.url(), store.latest_jobs, limit)
     _print_jobs(rows)
 

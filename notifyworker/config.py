@@ -1,4 +1,11 @@
-"""Settings: one pydantic-settings model, from NOTIFYWORKER_* env vars and CLI flags."""
+"""Settings: one pydantic-settings model, from NOTIFYWORKER_* env vars and CLI flags.
+
+The database URL, the one secret, comes from exactly one place: the command
+line (`--database-url` or `--database-url-file`) over the environment
+(`DATABASE_URL` or `NOTIFYWORKER_DATABASE_URL_FILE`); a URL and a file at the
+same level are refused. A file keeps the password out of `ps` and is how
+Kubernetes mounts a Secret.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from notifyworker import dburl
 from notifyworker.errors import ConfigError
 from notifyworker.models import rate_problem
 
@@ -35,6 +43,10 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("DATABASE_URL", "NOTIFYWORKER_DATABASE_URL", "database_url"),
         description="PostgreSQL URL; unset means `up` starts an embedded server.",
+    )
+    database_url_file: Path | None = Field(
+        default=None,
+        description="A file holding the PostgreSQL URL (a mounted Secret); read at start-up.",
     )
     concurrency: int = Field(default=10, ge=1, le=1000, description="Jobs run at once.")
     rate: float = Field(
@@ -137,6 +149,21 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _one_database_url(self) -> Self:
+        # ConfigError, not ValueError: pydantic passes it through, so the message stays
+        # one plain sentence naming the file, never "invalid settings: …".
+        if self.database_url_file is not None:
+            if self.database_url is not None:
+                raise ConfigError(
+                    "DATABASE_URL and NOTIFYWORKER_DATABASE_URL_FILE are both set: keep one"
+                )
+            # The model is frozen; this is its construction, so the one write is allowed.
+            object.__setattr__(self, "database_url", SecretStr(_read_url(self.database_url_file)))
+        if self.database_url is not None:
+            _check_url(self.database_url.get_secret_value())
+        return self
+
+    @model_validator(mode="after")
     def _heartbeat_fits(self) -> Self:
         if self.dead_worker_after <= 2 * self.heartbeat_interval:
             raise ValueError(
@@ -151,9 +178,45 @@ class Settings(BaseSettings):
         return self.database_url.get_secret_value()
 
 
+def _read_url(path: Path) -> str:
+    """The URL in a file, less one trailing newline; never quoted in an error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the database URL file {path}: {exc.strerror or type(exc).__name__}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the database URL file {path} is not UTF-8 text") from None
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text.strip():
+        raise ConfigError(f"the database URL file {path} is empty")
+    return text
+
+
+def _check_url(url: str) -> None:
+    """Refuse, before any connection, a URL whose password libpq would misread."""
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in the environment arrive as surrogates
+        raise ConfigError("DATABASE_URL is not valid UTF-8 text") from None
+    password = dburl.userinfo_password(url)
+    if password is not None and dburl.needs_encoding(password):
+        raise ConfigError(
+            "the password in DATABASE_URL contains characters that must be percent-encoded "
+            "(e.g. @ as %40, / as %2F, % as %25); the user:password part ends at the URL's last @"
+        )
+
+
 def load(**overrides: Any) -> Settings:
     """Settings from the environment, with CLI flags (non-None overrides) on top."""
     given = {key: value for key, value in overrides.items() if value is not None}
+    url_flags = {"database_url", "database_url_file"} & given.keys()
+    if len(url_flags) == 2:
+        raise ConfigError("give --database-url or --database-url-file, not both")
+    if url_flags:
+        # A flag wins over the environment, whichever of the two each names.
+        given = {"database_url": None, "database_url_file": None, **given}
     try:
         return Settings(**given)
     except ValidationError as exc:

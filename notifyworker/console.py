@@ -1,12 +1,21 @@
-"""The classic job table, for a terminal (rich) or for plain output."""
+"""The classic job table, for a terminal (rich) or for plain output.
+
+Every value that came from a row is the application's text, not ours: it goes
+through `safetext.visible` (control characters shown as escapes) and reaches
+rich as `Text`, never as a string that rich would read as markup or emoji.
+"""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
+from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from notifyworker.models import JobRow, Summary
+from notifyworker.safetext import visible
 
 COLUMNS = (
     "id",
@@ -42,8 +51,13 @@ def _time(value: datetime | None) -> str:
 def _sleep(job: JobRow) -> str:
     if job.task != "sleep":
         return ""
-    seconds = job.payload.get("seconds")
-    return "(stuck)" if seconds is None else f"{seconds:g}s"
+    seconds: Any = job.payload.get("seconds")
+    if seconds is None:
+        return "(stuck)"
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+        return f"{seconds:g}s"
+    # Not a number (the task will refuse it): shown as the JSON it is.
+    return json.dumps(seconds, ensure_ascii=False)[:60]
 
 
 def pickup_ms(job: JobRow) -> float | None:
@@ -54,8 +68,9 @@ def pickup_ms(job: JobRow) -> float | None:
 
 
 def cells(job: JobRow) -> list[str]:
+    """The row's columns as inert text: control characters are escaped."""
     pickup = pickup_ms(job)
-    return [
+    raw = [
         str(job.id),
         job.object_id or "",
         job.task,
@@ -69,15 +84,17 @@ def cells(job: JobRow) -> list[str]:
         "" if pickup is None else f"{pickup:.1f} ms",
         (job.error or "")[:60],
     ]
+    return [visible(cell) for cell in raw]
 
 
 def job_table(jobs: list[JobRow], title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left")
     for column in COLUMNS:
         table.add_column(column, no_wrap=column != "error")
+    status = COLUMNS.index("status")
     for job in jobs:
-        row = cells(job)
-        row[4] = f"[{STATUS_STYLE.get(job.status, 'white')}]{job.status}[/]"
+        row = [Text(cell) for cell in cells(job)]
+        row[status].stylize(STATUS_STYLE.get(job.status, "white"))
         table.add_row(*row)
     return table
 

@@ -28,7 +28,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from notifyworker import errors
+from notifyworker import dburl, errors
 from notifyworker.sqlfiles import query
 
 log = logging.getLogger(__name__)
@@ -66,31 +66,61 @@ def json_param(value: Any) -> Jsonb:
 
 
 def redact(url: str) -> str:
-    """The URL as it may appear in a log line: the password never does."""
+    """The URL as it may appear in a log line: neither the password nor a piece of it does."""
     try:
         parts = conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
+    except (psycopg.ProgrammingError, UnicodeError):
         return "<unparseable DATABASE_URL>"
     parts.pop("password", None)
-    return " ".join(f"{key}={value}" for key, value in parts.items())
+    # A URL libpq misread (an unencoded '@' or '/' in the password) has pieces
+    # of the password in its other parts: a host, a port, a database name.
+    return _scrub(" ".join(f"{key}={value}" for key, value in parts.items()), _password(url))
 
 
 def _one_line(exc: BaseException, url: str | None = None) -> str:
-    text = " ".join(str(exc).split())
-    if url:
-        password = _password(url)
-        if password:
-            text = text.replace(password, "***")
-    return text
+    secrets = _password(url) if url else set()
+    # Scrubbed before and after whitespace is folded: a password may hold spaces.
+    text = _scrub(str(exc), secrets)
+    return _scrub(" ".join(text.split()), secrets)
 
 
-def _password(url: str) -> str | None:
+def _password(url: str) -> set[str]:
+    """Every form of the URL's password: libpq's reading, and as written, encoded and decoded."""
+    forms = dburl.password_forms(url)
     try:
         value = conninfo_to_dict(url).get("password")
-    except psycopg.ProgrammingError:
-        match = re.search(r"://[^:/@]*:([^@]*)@", url)
-        return match.group(1) if match else None
-    return str(value) if value else None
+    except (psycopg.ProgrammingError, UnicodeError):
+        value = None
+    if value:
+        forms.add(str(value))
+    return forms
+
+
+# The shortest run of a password's characters that is never left in a message.
+_FRAGMENT = 4
+
+
+def _scrub(text: str, secrets: set[str]) -> str:
+    """`text` with each secret, and every run of `_FRAGMENT` characters of one, as `***`."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    grams = {s[i : i + _FRAGMENT] for s in secrets for i in range(len(s) - _FRAGMENT + 1)}
+    while grams:
+        hidden = [False] * len(text)
+        for i in range(len(text) - _FRAGMENT + 1):
+            if text[i : i + _FRAGMENT] in grams:
+                hidden[i : i + _FRAGMENT] = [True] * _FRAGMENT
+        if not any(hidden):
+            break
+        # Each pass shortens the text (a run of 4 or more becomes 3), so this ends.
+        kept: list[str] = []
+        for i, char in enumerate(text):
+            if not hidden[i]:
+                kept.append(char)
+            elif i == 0 or not hidden[i - 1]:
+                kept.append("***")
+        text = "".join(kept)
+    return text
 
 
 def translate(exc: psycopg.Error, url: str | None = None) -> errors.DatabaseError:

@@ -3,6 +3,10 @@
 `auto` writes JSON unless stderr is a terminal: a container's output goes
 to a collector, which wants one JSON object a line with the `extra=` fields
 (a finished job's task, status, timings) as keys of their own.
+
+Log lines carry text from job rows (task names, errors). JSON escapes every
+control character itself; the text formats show them as escapes through
+`safetext.visible`, and the terminal's rich handler never reads markup.
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pythonjsonlogger.json import JsonFormatter
 from rich.console import Console
 from rich.logging import RichHandler
+
+from notifyworker.safetext import visible
 
 LogFormat = Literal["auto", "json", "text"]
 
@@ -37,8 +43,21 @@ def json_formatter() -> logging.Formatter:
     return _JsonLines()
 
 
+class _InertText(logging.Formatter):
+    """A record is one line with no control character obeyed; a traceback keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return visible(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return visible(super().formatException(ei), keep_newlines=True)
+
+    def formatStack(self, stack_info: str) -> str:
+        return visible(super().formatStack(stack_info), keep_newlines=True)
+
+
 def text_formatter() -> logging.Formatter:
-    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return _InertText("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def configure(level: str, console: Console | None = None, log_format: LogFormat = "auto") -> None:
@@ -50,9 +69,12 @@ def configure(level: str, console: Console | None = None, log_format: LogFormat 
         handler.setFormatter(json_formatter())
     elif terminal:
         handler = RichHandler(
-            console=console or Console(stderr=True), show_path=False, log_time_format="%H:%M:%S.%f"
+            console=console or Console(stderr=True),
+            show_path=False,
+            log_time_format="%H:%M:%S.%f",
+            markup=False,  # a message may quote a row: "[/oops]" is text, not a tag
         )
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(_InertText("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(text_formatter())

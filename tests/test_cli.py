@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import re
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,34 @@ def cli(
         timeout=timeout,
         check=False,
     )
+
+
+def cli_on_terminal(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """The CLI with stdout on a pseudo-terminal: (exit code, what the terminal got, stderr)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 400, 0, 0))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFYWORKER_")}
+    for name in ("DATABASE_URL", "NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES", "TTY_COMPATIBLE"):
+        base.pop(name, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "notifyworker", *args],
+        cwd=ROOT,
+        env={**base, "TERM": "xterm-256color", **env},
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    try:
+        while data := os.read(master, 65536):
+            chunks.append(data)
+    except OSError:  # EIO: the child closed the terminal's last end
+        pass
+    finally:
+        os.close(master)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, b"".join(chunks).decode(), err.decode()
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -264,3 +297,115 @@ def test_check_fails_in_one_line_without_a_schema_or_a_database(empty_database_u
     assert [no_schema.returncode, unreachable.returncode] == [1, 1]
     assert "notifyworker migrate" in one_line_error(no_schema)
     assert "s3cret" not in one_line_error(unreachable)
+
+
+def test_jobs_on_a_terminal_shows_row_text_as_inert_text(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, object_id) VALUES ('sleep', '[/oops]'),"
+        " ('plain', '[link=https://evil.example]x[/link]'), ('red\x1b[31m', NULL),"
+        " ('link\x1b]8;;http://x\x1b\\', 'ok')"
+    )
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, status, finished_at, error)"
+        " VALUES ('bidi', 'failed', now(), 'abc\u202edef')"
+    )
+    code, shown, err = cli_on_terminal("jobs", env={"DATABASE_URL": database_url})
+    assert code == 0, err
+    assert "Traceback" not in err
+    # Styling is rich's own SGR; with it removed, no ESC is left: none came from a row.
+    text = re.sub(r"\x1b\[[0-9;]*m", "", shown)
+    assert "\x1b" not in text
+    assert "\x1b]8;" not in shown  # no hyperlink
+    assert "\u202e" not in shown
+    assert "\x1b[31mfailed" in shown  # status styles still work
+    for literal in (
+        "[/oops]",
+        "[link=https://evil.example]x[/link]",
+        "red\\x1b[31m",
+        "link\\x1b]8;;http://x\\x1b\\",
+        "abc\\u202edef",
+    ):
+        assert literal in text, literal
+
+
+def flat(text: str) -> str:
+    """Help text without rich's box and wrapping."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def test_database_url_file_serves_migrate_and_check(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    secret = tmp_path / "DATABASE_URL"
+    secret.write_text(empty_database_url + "\n")  # as a mounted Secret often ends
+    migrated = cli("migrate", "--database-url-file", str(secret))
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.startswith("applied ")
+    checked = cli("check", "--database-url-file", str(secret))
+    assert checked.returncode == 0, checked.stderr
+    from_env = cli("check", env={"NOTIFYWORKER_DATABASE_URL_FILE": str(secret)})
+    assert from_env.returncode == 0, from_env.stderr
+    # The flag wins over the environment's URL.
+    over_env = cli("check", "--database-url-file", str(secret), env={"DATABASE_URL": "nope"})
+    assert over_env.returncode == 0, over_env.stderr
+
+
+def test_help_says_the_url_flag_shows_in_ps_and_offers_a_file() -> None:
+    for command in ("run", "migrate", "check", "up", "enqueue", "jobs", "rate", "cancel"):
+        shown = flat(cli(command, "--help", env={"COLUMNS": "200"}).stdout)
+        assert "visible to every local user in `ps`" in shown, command
+        assert "--database-url-file" in shown, command
+        assert "NOTIFYWORKER_DATABASE_URL_FILE" in shown, command
+
+
+def test_a_url_file_that_cannot_serve_is_one_line_naming_it(tmp_path: Path) -> None:
+    missing, empty = tmp_path / "missing", tmp_path / "empty"
+    empty.write_text("\n")
+    for path in (missing, empty, tmp_path):
+        result = cli("check", "--database-url-file", str(path))
+        assert result.returncode == 2
+        assert str(path) in one_line_error(result)
+    both = cli("check", "--database-url-file", str(empty), "--database-url", "postgresql://x@y/z")
+    assert both.returncode == 2
+    assert "not both" in one_line_error(both)
+    both_env = cli(
+        "check",
+        env={"DATABASE_URL": "postgresql://x@y/z", "NOTIFYWORKER_DATABASE_URL_FILE": str(empty)},
+    )
+    assert both_env.returncode == 2
+    assert "both set" in one_line_error(both_env)
+
+
+def test_a_password_that_needs_percent_encoding_is_refused_before_connecting() -> None:
+    password = "p@ss/w?rd#1"  # noqa: S105 - a test password
+    for args, env in (
+        ((), {"DATABASE_URL": f"postgresql://app:{password}@127.0.0.1:1/db"}),
+        (("--database-url", f"postgresql://app:{password}@127.0.0.1:1/db"), {}),
+    ):
+        result = cli("check", *args, env=env)
+        assert result.returncode == 2
+        line = one_line_error(result)
+        assert "must be percent-encoded (e.g. @ as %40" in line
+        for piece in (password, "p@ss", "ss/w", "w?rd", "rd#1"):
+            assert piece not in result.stdout + result.stderr
+    encoded = cli(
+        "check", env={"DATABASE_URL": "postgresql://app:p%40ss%2Fw%3Frd%231@127.0.0.1:1/db"}
+    )
+    assert encoded.returncode == 1  # accepted, then the connection fails
+    assert "127.0.0.1" in one_line_error(encoded)
+    assert "ss%2Fw" not in encoded.stderr
+    assert "p@ss" not in encoded.stderr
+
+
+def test_a_password_on_the_command_line_is_warned_about_not_shown() -> None:
+    url = "postgresql://app:s3cret-pw@127.0.0.1:1/db"
+    result = cli("check", "--database-url", url)
+    assert result.returncode == 1
+    warnings = [line for line in result.stderr.splitlines() if "--database-url" in line]
+    assert len(warnings) == 1
+    assert "ps" in warnings[0]
+    assert "s3cret" not in result.stderr
+    no_password = cli("check", "--database-url", "postgresql://app@127.0.0.1:1/db")
+    assert "--database-url" not in no_password.stderr
