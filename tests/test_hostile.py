@@ -179,6 +179,8 @@ async def test_an_absurd_timeout_is_refused_and_cannot_stop_the_sweeper(
         pytest.raises(psycopg.errors.CheckViolation, match="timeout_at_most_a_year"),
     ):
         insert(app, "hang", timeout="300000 years")
+    with pytest.raises(psycopg.errors.CheckViolation, match="created_at_is_finite"):
+        insert(conn, "quick", created_at="infinity")
     # A row from before the bound (or a superuser's): the sweeper must go on regardless.
     conn.execute("ALTER TABLE notifyworker.jobs DROP CONSTRAINT timeout_at_most_a_year")
     tasks = Tasks()
