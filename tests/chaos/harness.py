@@ -67,16 +67,22 @@ class Worker:
 class Fleet:
     """Worker processes as deployed: `notifyworker run`, one database, env settings."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, env: dict[str, str] | None = None) -> None:
         self.url = url
+        # Settings over FLEET_ENV's for every worker of this fleet (a scenario's timing).
+        self.env = dict(env or {})
         self.workers: list[Worker] = []
 
-    def start(self, count: int) -> None:
+    def start(self, count: int, env: dict[str, str] | None = None) -> list[Worker]:
+        """Start `count` more workers (with `env` over the fleet's settings); the new ones."""
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFYWORKER_")},
             **FLEET_ENV,
+            **self.env,
+            **(env or {}),
             "DATABASE_URL": self.url,
         }
+        started: list[Worker] = []
         for _ in range(count):
             # A file, not a pipe: a chatty worker must never block on a full pipe.
             log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop_all
@@ -88,6 +94,12 @@ class Fleet:
                 stderr=log,
             )
             self.workers.append(Worker(process, log))
+            started.append(self.workers[-1])
+        return started
+
+    def alive(self) -> set[int]:
+        """The pids of the workers still running."""
+        return {w.pid for w in self.workers if w.process.poll() is None}
 
     def stop_all(self, timeout: float = 30) -> list[int | None]:
         """SIGTERM every worker still running; their exit codes (None: killed by us)."""
@@ -106,14 +118,25 @@ class Fleet:
         return codes
 
 
-def prepare(conn: psycopg.Connection[Any], jobs: int = JOBS) -> None:
+def prepare(
+    conn: psycopg.Connection[Any],
+    jobs: int = JOBS,
+    *,
+    seconds: float = JOB_SECONDS,
+    max_attempts: int = MAX_ATTEMPTS,
+    timeout: float = 30.0,
+    first: int = 1,
+) -> list[int]:
+    """The ledger table, and `jobs` ledger jobs numbered from `first`; their ids."""
     conn.execute("CREATE TABLE IF NOT EXISTS ledger (n integer NOT NULL, pid integer NOT NULL)")
-    conn.execute(
+    rows = conn.execute(
         "INSERT INTO notifyworker.jobs (task, payload, max_attempts, timeout)"
-        " SELECT 'ledger', jsonb_build_object('n', n, 'seconds', %s::float8), %s, '30 seconds'"
-        " FROM generate_series(1, %s) AS n",
-        (JOB_SECONDS, MAX_ATTEMPTS, jobs),
-    )
+        " SELECT 'ledger', jsonb_build_object('n', n, 'seconds', %s::float8), %s,"
+        " make_interval(secs => %s)"
+        " FROM generate_series(%s::int, %s::int - 1) AS n RETURNING id",
+        (seconds, max_attempts, timeout, first, first + jobs),
+    ).fetchall()
+    return [row[0] for row in rows]
 
 
 async def until_workers(conn: psycopg.Connection[Any], count: int) -> None:
