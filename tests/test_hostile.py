@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -23,6 +23,7 @@ from notifyworker.coordination import Demand
 from notifyworker.inflight import InFlight
 from notifyworker.listener import CANCEL_CHANNEL, JOBS_CHANNEL, _dispatch, parse_job_id
 from notifyworker.models import JobId, RetryPolicy, WorkerId
+from notifyworker.sqlfiles import query
 from notifyworker.tasks import Registry
 from tests.helpers import eventually, fast_settings, grant, running_worker, scalar, url_as
 
@@ -115,6 +116,11 @@ async def test_jobs_that_time_out_with_retries_left_are_retried_to_the_end_on_tw
 
 
 @given(st.text())
+@example("①")  # str.isdigit() took it and int() refused it: the listener died
+@example("٣")
+@example("0")
+@example("01")
+@example(str(2**63))
 def test_a_cancel_payload_is_a_job_id_or_nothing(payload: str) -> None:
     job_id = parse_job_id(payload)
     if job_id is not None:
@@ -129,6 +135,8 @@ def test_every_bigint_id_parses(n: int) -> None:
 
 
 @given(st.sampled_from([JOBS_CHANNEL, CANCEL_CHANNEL, "notifyworker_ping", "x"]), st.text())
+@example(CANCEL_CHANNEL, "①")
+@example(CANCEL_CHANNEL, "9" * 30)
 def test_no_notification_raises(channel: str, payload: str) -> None:
     asked: list[JobId] = []
     _dispatch(channel, payload, Demand(InFlight(1)), asked.append)
@@ -272,6 +280,16 @@ async def test_payloads_over_the_limit_fail_without_being_fetched(
         " SELECT 'quick', jsonb_build_object('blob', string_agg(md5(n::text || ':' || j), ''))"
         " FROM generate_series(1, 4) AS j, generate_series(1, 60000) AS n GROUP BY j"
     )
+    # The claim statement itself brings back no payload text for them, only their size.
+    conn.execute("INSERT INTO notifyworker.workers (id, host, pid) VALUES ('peek', 'h', 0)")
+    with conn.transaction():
+        rows = conn.execute(
+            query("claim").encode(),
+            {"worker_id": "peek", "limit": 10, "max_payload_bytes": 100_000},
+        ).fetchall()
+        assert len(rows) == 4
+        assert all(row[2] is None and row[3] > 100_000 for row in rows)  # payload, stored_bytes
+        raise psycopg.Rollback  # leave them for the worker
     settings = fast_settings(database_url, max_payload_bytes=100_000)
     async with running_worker(settings, tasks.registry):
         await eventually(
@@ -297,8 +315,11 @@ async def test_no_role_without_the_worker_grant_can_stop_the_sweeper(
             stranger.execute("SELECT FROM notifyworker.sweeper FOR UPDATE")
         async with running_worker(fast_settings(database_url), tasks.registry):
             overdue = insert(conn, "hang", 1, timeout="0.2 seconds")
+            # The worker's own watchdog would cancel it only at timeout + sweep_interval + 1 s;
+            # the sweeper, not blocked by the stranger's lock, gets there first.
             await eventually(lambda: final(conn, overdue))
     assert status(conn, overdue)[0] == "cancelled"
+    assert "found by the sweeper" in status(conn, overdue)[2]
 
 
 async def test_a_fleet_whose_sweeper_cannot_run_is_not_ready(
