@@ -261,7 +261,8 @@ async def test_a_worker_whose_row_vanished_stops_its_stale_attempt_before_the_ne
         await eventually(lambda: tasks.started == [1, 1])
         assert tasks.cancelled == [1]
         assert tasks.most_at_once == 1
-        # Attempt 2 is this worker's, and cancel() reaches it.
+        # Attempt 2 is this worker's (once its start mark is in), and cancel() reaches it.
+        await eventually(lambda: status(conn, job)[:2] == ("running", 2))
         assert scalar(conn, "SELECT notifyworker.cancel(%s)", job) == "cancelled"
         await eventually(lambda: tasks.cancelled == [1, 1])
     assert status(conn, job)[:2] == ("cancelled", 2)
