@@ -126,7 +126,7 @@ async def _run_one(held: Held, scope: trio.CancelScope, ctx: ConsumerContext) ->
     else:
         outcome = _done(result)
     finally:
-        reason = ctx.inflight.release(held)
+        reason = held.reason  # `consume` releases the entry once this returns
         if outcome is None:
             # Cancelled: by the sweeper, the watchdog or the grace period (a
             # reason is given), or from outside when the worker stops hard.
