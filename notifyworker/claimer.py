@@ -15,8 +15,8 @@ from typing import NoReturn
 import trio
 
 from notifyworker.backoff import Retrying
-from notifyworker.coordination import Demand
 from notifyworker.db import DirectStatement, Row
+from notifyworker.demand import Demand
 from notifyworker.inflight import Held, InFlight
 from notifyworker.limiter import FixedIntervalLimiter
 from notifyworker.models import ClaimedJob, JobId, WorkerId

@@ -14,7 +14,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from notifyworker.models import JobRow, Summary
+from notifyworker.models import JobRow, Summary, pickup_seconds
 from notifyworker.safetext import visible
 
 COLUMNS = (
@@ -64,7 +64,7 @@ def pickup_ms(job: JobRow) -> float | None:
     """Pickup latency: from the insert to the handler's start."""
     if job.started_at is None:
         return None
-    return (job.started_at - job.created_at).total_seconds() * 1000
+    return pickup_seconds(job.created_at, job.started_at) * 1000
 
 
 def cells(job: JobRow) -> list[str]:

@@ -17,12 +17,12 @@ from typing import Any, NoReturn
 import trio
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from notifyworker.coordination import Demand
+from notifyworker.demand import Demand
 from notifyworker.errors import InvalidPayload, TaskError
 from notifyworker.inflight import Held, InFlight, Stage
 from notifyworker.limiter import NO_TICKET, FixedIntervalLimiter
-from notifyworker.metrics import Metrics, pickup_seconds
-from notifyworker.models import ClaimedJob, Outcome
+from notifyworker.metrics import Metrics
+from notifyworker.models import ClaimedJob, Outcome, pickup_seconds
 from notifyworker.recorder import Recorder, now
 from notifyworker.tasks import Registry
 
@@ -50,6 +50,11 @@ class ConsumerContext:
     backstop_grace: float
     stopping: bool = False
     metrics: Metrics = field(default_factory=Metrics)
+
+    def stop_starting(self) -> None:
+        """Start no more jobs: those waiting for a start slot go back unstarted."""
+        self.stopping = True
+        self.inflight.cancel_all("worker stopping before the job started", Stage.PACING)
 
 
 async def consume(recv: trio.MemoryReceiveChannel[Held], ctx: ConsumerContext) -> None:
@@ -198,7 +203,7 @@ def _log_finished(
     pickup_ms = run_ms = None
     timing = "never started"
     if started_at is not None:
-        pickup_ms = round(pickup_seconds(job, started_at) * 1000, 3)
+        pickup_ms = round(pickup_seconds(job.created_at, started_at) * 1000, 3)
         run_ms = round((at - started_at).total_seconds() * 1000, 3)
         timing = f"ran {run_ms:g} ms, picked up in {pickup_ms:g} ms"
     fields = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import hypercorn.trio
 import trio
@@ -30,11 +30,63 @@ from notifyworker.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# Why the worker should get no traffic right now, or None when it should.
-Readiness = Callable[[], str | None]
+# A part's readiness check: given trio's clock and how long a part may be
+# silent, why the worker cannot do its work, or None when it can.
+Check = Callable[[float, float], str | None]
 
 
-def make_app(readiness: Readiness, registry: CollectorRegistry) -> ASGIFramework:
+class Answering(Protocol):
+    """What readiness reads of the database: when a unit of work last reached it."""
+
+    @property
+    def last_success(self) -> float: ...
+
+
+class Readiness:
+    """Why this worker should get no traffic now (/readyz says it), or None.
+
+    Never a query of its own: each part says, from state it keeps anyway,
+    whether it can do its work, so a hung database cannot hang the probe.
+    The worker moves the phase (starting, ready, stopping); stopping is not
+    ready, so traffic moves on while jobs drain.
+    """
+
+    def __init__(self, within: float) -> None:
+        # How long a part may go without progress before the worker is not ready.
+        self.within = within
+        # Why the worker is not running yet; None once it runs.
+        self.phase: str | None = "starting"
+        # Set once a stop is asked, whatever the phase: traffic moves on while jobs drain.
+        self.stopping = False
+        self._checks: list[Check] = []
+
+    def watch(self, *checks: Check) -> None:
+        """Add parts' checks, asked in order; the first reason found is the answer."""
+        self._checks.extend(checks)
+
+    def __call__(self) -> str | None:
+        if self.stopping:
+            return "stopping"
+        if self.phase is not None:
+            return self.phase
+        now = trio.current_time()
+        for check in self._checks:
+            if reason := check(now, self.within):
+                return reason
+        return None
+
+
+def silent(db: Answering) -> Check:
+    """The database check: not ready once no unit of work has reached it for `within`."""
+
+    def check(now: float, within: float) -> str | None:
+        silence = now - db.last_success
+        return f"the database has not answered for {silence:.1f}s" if silence > within else None
+
+    return check
+
+
+def make_app(readiness: Callable[[], str | None], registry: CollectorRegistry) -> ASGIFramework:
     """The ASGI app: liveness, readiness with a one-line reason, and the registry's metrics."""
     metrics = make_asgi_app(registry)
 

@@ -11,8 +11,8 @@ import trio
 
 from notifyworker import store
 from notifyworker.backoff import Retrying
-from notifyworker.coordination import Demand
 from notifyworker.db import Database
+from notifyworker.demand import Demand
 from notifyworker.limiter import FixedIntervalLimiter
 from notifyworker.models import WorkerId, rate_problem
 from notifyworker.ownership import Ownership

@@ -22,8 +22,8 @@ from typing import NoReturn
 import trio
 
 from notifyworker.backoff import Retrying
-from notifyworker.coordination import Demand
 from notifyworker.db import ListenConnection
+from notifyworker.demand import Demand
 from notifyworker.models import JobId
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,15 @@ def parse_job_id(payload: str) -> JobId | None:
         return None
     value = int(payload)
     return JobId(value) if value <= _MAX_JOB_ID else None
+
+
+def deaf(conn: ListenConnection) -> Callable[[float, float], str | None]:
+    """The listener's readiness check: a worker that cannot hear is not ready."""
+
+    def check(now: float, within: float) -> str | None:
+        return None if conn.listening else "not listening: the listener connection is down"
+
+    return check
 
 
 async def listen(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from typing import NoReturn
 
@@ -29,7 +29,8 @@ from prometheus_client.registry import Collector
 from notifyworker import store
 from notifyworker.db import Database
 from notifyworker.errors import ConnectionLost
-from notifyworker.models import ClaimedJob, JobStatus, Outcome, SweepReport
+from notifyworker.gauges import Readings
+from notifyworker.models import ClaimedJob, JobStatus, Outcome, SweepReport, pickup_seconds
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,6 @@ PICKUP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 RUN_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 # Waits for a start slot: nothing when the rate keeps up, a backlog's length when not.
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
-
-
-def pickup_seconds(job: ClaimedJob, started_at: datetime) -> float:
-    """From the INSERT to the handler's start, as the table tells it (never negative)."""
-    return max((started_at - job.created_at).total_seconds(), 0.0)
 
 
 class Buckets:
@@ -108,8 +104,9 @@ class Metrics:
         self.registry.register(JobStats(self))
         self.job_counts = JobCounts()
         self.registry.register(self.job_counts)
-        self._readings = Readings()
-        self.registry.register(self._readings)
+        # Values read from the worker's parts when scraped (`Readings.watch`).
+        self.readings = Readings()
+        self.registry.register(self.readings)
 
     def _task(self, task: str) -> TaskStats:
         stats = self.tasks.get(task)
@@ -125,7 +122,7 @@ class Metrics:
 
     def job_started(self, job: ClaimedJob, started_at: datetime) -> None:
         self._task(job.task).started += 1
-        self.pickup.observe(pickup_seconds(job, started_at))
+        self.pickup.observe(pickup_seconds(job.created_at, started_at))
 
     def job_finished(
         self, job: ClaimedJob, outcome: Outcome, started_at: datetime | None, at: datetime
@@ -147,14 +144,6 @@ class Metrics:
                 self._swept.labels(action).inc(jobs)
         if report.dead_workers:
             self._dead_workers.inc(report.dead_workers)
-
-    def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
-        """A value read from the worker's own state at scrape time."""
-        self._readings.add(GaugeMetricFamily, name, documentation, read)
-
-    def counter(self, name: str, documentation: str, read: Callable[[], float]) -> None:
-        """A count the worker keeps anyway, read at scrape time."""
-        self._readings.add(CounterMetricFamily, name, documentation, read)
 
 
 class JobStats(Collector):
@@ -200,28 +189,6 @@ class JobStats(Collector):
             buckets=self._metrics.limiter_wait.cumulative(),
             sum_value=self._metrics.limiter_wait.total,
         )
-
-
-class Readings(Collector):
-    """Metrics whose values are read from callbacks when scraped."""
-
-    def __init__(self) -> None:
-        self._readings: list[
-            tuple[type[GaugeMetricFamily | CounterMetricFamily], str, str, Callable[[], float]]
-        ] = []
-
-    def add(
-        self,
-        kind: type[GaugeMetricFamily | CounterMetricFamily],
-        name: str,
-        documentation: str,
-        read: Callable[[], float],
-    ) -> None:
-        self._readings.append((kind, name, documentation, read))
-
-    def collect(self) -> Iterator[Metric]:
-        for kind, name, documentation, read in self._readings:
-            yield kind(name, documentation, value=read())
 
 
 class JobCounts(Collector):

@@ -18,6 +18,13 @@ MIN_RATE = 0.001
 MAX_RATE = 100_000.0
 
 
+def pickup_seconds(created_at: datetime, started_at: datetime) -> float:
+    """Pickup latency, the figure this project is measured by: from the INSERT
+    to the handler's start, both on the database's clock (never negative).
+    `summary_since` in the SQL computes the same for a run's percentiles."""
+    return max((started_at - created_at).total_seconds(), 0.0)
+
+
 def rate_problem(rate: float) -> str | None:
     """Why `rate` is not an acceptable rate, or None when it is."""
     if rate == 0 or MIN_RATE <= rate <= MAX_RATE:  # NaN fails every comparison

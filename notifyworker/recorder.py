@@ -23,8 +23,8 @@ import trio
 
 from notifyworker import store
 from notifyworker.backoff import Retrying
-from notifyworker.coordination import Demand
 from notifyworker.db import Database
+from notifyworker.demand import Demand
 from notifyworker.errors import DatabaseError, Transient
 from notifyworker.inflight import InFlight
 from notifyworker.models import (
@@ -97,6 +97,14 @@ class Recorder:
     def stalled_for(self, now: float) -> float:
         """Seconds the marks being written have waited for the table (0 when none wait)."""
         return 0.0 if self.writing_since is None else now - self.writing_since
+
+    def stalled(self, now: float, within: float) -> str | None:
+        """Why outcomes are not reaching the table, once that lasts over `within` (readiness)."""
+        stalled = max(self.stalled_for(now), self.retrying.failing_for(now))
+        if stalled <= within:
+            return None
+        why = self.retrying.last_error or "waiting on the database"
+        return f"outcomes have not reached the table for {stalled:.1f}s ({why})"
 
     @property
     def backlog(self) -> int:

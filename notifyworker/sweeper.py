@@ -17,12 +17,17 @@ import trio
 
 from notifyworker import store
 from notifyworker.backoff import Retrying
-from notifyworker.coordination import Demand
 from notifyworker.db import Database
+from notifyworker.demand import Demand
 from notifyworker.metrics import Metrics
 from notifyworker.models import RetryPolicy, SweepReport, WorkerId
 
 log = logging.getLogger(__name__)
+
+# Not ready when the fleet's sweeper (whichever replica leads) has not
+# finished a round in this many sweep intervals (and never sooner than the
+# database's own readiness bound): overdue and dead workers' jobs would wait unseen.
+STALLED_AFTER_ROUNDS = 10
 
 
 class Sweeper:
@@ -51,6 +56,16 @@ class Sweeper:
     def last_sweep_age(self, now: float) -> float:
         """Seconds since any sweeper of the fleet finished a round, as far as we know."""
         return self._age + (now - self._seen_at)
+
+    def stalled(self, now: float, within: float) -> str | None:
+        """Why nobody may be sweeping: this sweeper fails, or the fleet has no round (readiness)."""
+        failing = self.retrying.failing_for(now)
+        if failing > within:
+            return f"the sweeper has failed for {failing:.1f}s ({self.retrying.last_error})"
+        age = self.last_sweep_age(now)
+        if age > max(STALLED_AFTER_ROUNDS * self.interval, within):
+            return f"no sweeper in the fleet has finished a round for {age:.1f}s"
+        return None
 
     async def sweep_forever(self) -> NoReturn:
         """Sweep every `interval` on absolute deadlines; a failure only skips rounds.

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from notifyworker import db, store
-from notifyworker.coordination import Demand
+from notifyworker.demand import Demand
 from notifyworker.inflight import InFlight
 from notifyworker.listener import CANCEL_CHANNEL, JOBS_CHANNEL, _dispatch, parse_job_id
 from notifyworker.models import JobId, RetryPolicy, WorkerId
@@ -172,7 +172,7 @@ async def test_notifications_from_a_role_with_no_grants_stop_and_cancel_nothing(
         assert announced == [next_id, next_id + 1]
         await eventually(lambda: final(conn, *announced))
         assert [status(conn, job)[0] for job in announced] == ["done", "done"]
-        assert worker.not_ready() is None
+        assert worker.readiness() is None
 
 
 # Finding 3: a row's absurd value made the sweeper's arithmetic overflow and crash every worker.
@@ -199,7 +199,7 @@ async def test_an_absurd_timeout_is_refused_and_cannot_stop_the_sweeper(
         await eventually(lambda: final(conn, overdue))
         assert status(conn, overdue)[0] == "cancelled"
         assert status(conn, absurd)[0] == "running"
-        assert worker.not_ready() is None
+        assert worker.readiness() is None
 
 
 async def test_a_background_task_survives_a_database_error_and_readiness_says_so(
@@ -208,11 +208,11 @@ async def test_a_background_task_survives_a_database_error_and_readiness_says_so
     tasks = Tasks()
     async with running_worker(fast_settings(database_url), tasks.registry) as worker:
         conn.execute("DELETE FROM notifyworker.sweeper")  # every sweep now fails
-        await eventually(lambda: "sweeper has failed" in (worker.not_ready() or ""))
+        await eventually(lambda: "sweeper has failed" in (worker.readiness() or ""))
         job = insert(conn, "quick", 1)
         await eventually(lambda: final(conn, job))  # the rest of the worker goes on
         conn.execute("INSERT INTO notifyworker.sweeper DEFAULT VALUES")
-        await eventually(lambda: worker.not_ready() is None)
+        await eventually(lambda: worker.readiness() is None)
 
 
 # Findings 6 and 10: a worker that crashed deleted its row, orphaning its running jobs;
@@ -328,11 +328,11 @@ async def test_a_fleet_whose_sweeper_cannot_run_is_not_ready(
 ) -> None:
     tasks = Tasks()
     async with running_worker(fast_settings(database_url), tasks.registry) as worker:
-        await eventually(lambda: worker.not_ready() is None)
+        await eventually(lambda: worker.readiness() is None)
         with conn.transaction():
             conn.execute("SELECT FROM notifyworker.sweeper FOR UPDATE")  # the lease, held
-            await eventually(lambda: "no sweeper" in (worker.not_ready() or ""))
-        await eventually(lambda: worker.not_ready() is None)
+            await eventually(lambda: "no sweeper" in (worker.readiness() or ""))
+        await eventually(lambda: worker.readiness() is None)
 
 
 # Finding 11: a database's own defaults (a 1 ms statement_timeout…) stalled the worker for good.
@@ -374,10 +374,10 @@ async def test_a_worker_that_cannot_record_outcomes_is_not_ready(
             # the handler, and its outcome waits on the lock.
             conn.execute("SELECT FROM notifyworker.jobs WHERE id = %s FOR UPDATE", (job,))
             await eventually(
-                lambda: "outcomes have not reached the table" in (worker.not_ready() or "")
+                lambda: "outcomes have not reached the table" in (worker.readiness() or "")
             )
         await eventually(lambda: final(conn, job))
-        await eventually(lambda: worker.not_ready() is None)
+        await eventually(lambda: worker.readiness() is None)
     assert status(conn, job)[0] == "cancelled"
 
 
@@ -411,6 +411,6 @@ async def test_a_handler_that_calls_sys_exit_fails_its_job_and_the_worker_goes_o
         await eventually(lambda: final(conn, exits))
         after = insert(conn, "quick", 2)
         await eventually(lambda: final(conn, after))
-        assert worker.not_ready() is None
+        assert worker.readiness() is None
     assert status(conn, exits) == ("failed", 1, "handler raised SystemExit: 1")
     assert status(conn, after)[0] == "done"

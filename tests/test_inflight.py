@@ -14,8 +14,8 @@ import trio.testing
 from pydantic import BaseModel
 
 from notifyworker.consumer import ConsumerContext, consume, watch_deadlines
-from notifyworker.coordination import Demand
 from notifyworker.db import Database
+from notifyworker.demand import Demand
 from notifyworker.inflight import Held, InFlight, Stage
 from notifyworker.limiter import FixedIntervalLimiter
 from notifyworker.models import ClaimedJob, JobId, RetryPolicy, WorkerId

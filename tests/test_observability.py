@@ -149,11 +149,11 @@ async def test_not_ready_while_the_listener_is_down_and_alive_throughout(
         # The listener loses its backend and cannot come back while the door is shut.
         door.allow(False)
         assert scalar(conn, "SELECT pg_terminate_backend(%s)", listener_backend(conn))
-        await eventually(lambda: worker.not_ready() is not None)
+        await eventually(lambda: worker.readiness() is not None)
         down = await http.get(f"{url}/readyz")
         live = await http.get(f"{url}/livez")
         door.allow(True)
-        await eventually(lambda: worker.not_ready() is None)
+        await eventually(lambda: worker.readiness() is None)
         up = await http.get(f"{url}/readyz")
         found = await samples(http, worker)
     assert down.status_code == 503
@@ -274,11 +274,11 @@ async def test_the_password_is_never_logged_even_when_connections_fail(
         await finished(conn, job)
         door.allow(False)
         scalar(conn, "SELECT pg_terminate_backend(%s)", listener_backend(conn))
-        await eventually(lambda: worker.not_ready() is not None)
+        await eventually(lambda: worker.readiness() is not None)
         # A reconnect fails and says why.
         await eventually(lambda: "not currently accepting connections" in caplog.text)
         door.allow(True)
-        await eventually(lambda: worker.not_ready() is None)
+        await eventually(lambda: worker.readiness() is None)
     assert "connected to" in caplog.text
     for formatter in (logs.json_formatter(), logs.text_formatter()):
         for record in caplog.records:

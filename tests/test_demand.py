@@ -6,7 +6,7 @@ import math
 
 import trio
 
-from notifyworker.coordination import Demand
+from notifyworker.demand import Demand
 from notifyworker.inflight import InFlight
 from tests.test_inflight import job
 
