@@ -508,7 +508,7 @@ def local_server(stack: contextlib.ExitStack) -> str:
     try:
         psycopg.connect(DEFAULT_SERVER, connect_timeout=2).close()
     except psycopg.OperationalError:
-        from notifyworker.embedded import embedded_postgres
+        from notifyworker.up.embedded import embedded_postgres
 
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nw-bench-pg-")))
         folder.chmod(0o755)  # the embedded server runs as its own user

@@ -245,7 +245,7 @@ def up(
         applied = db.run_once(url, store.migrate)
         if applied:
             log.info("applied migrations %s", ", ".join(applied))
-        from notifyworker.upview import run_up  # noqa: PLC0415
+        from notifyworker.up.run import run_up  # noqa: PLC0415
 
         first_id, seconds = trio.run(run_up, settings, registry, demo_rate, duration, out, live)
         if duration is not None:
@@ -258,7 +258,7 @@ def _database(settings: Settings) -> Iterator[str]:
     if settings.database_url is not None:
         yield settings.url()
         return
-    from notifyworker.embedded import embedded_postgres  # noqa: PLC0415
+    from notifyworker.up.embedded import embedded_postgres  # noqa: PLC0415
 
     log.info("DATABASE_URL is not set: starting an embedded PostgreSQL")
     with embedded_postgres(settings.data_dir) as url:

@@ -49,7 +49,7 @@ def server_url() -> Iterator[str]:
         with PostgresContainer("postgres:16-alpine", driver=None) as container:
             yield container.get_connection_url()
         return
-    from notifyworker.embedded import embedded_postgres
+    from notifyworker.up.embedded import embedded_postgres
 
     with tempfile.TemporaryDirectory(prefix="notifyworker-test-pg-") as folder:
         # Embedded PostgreSQL as root runs as its own user, which must reach the folder.

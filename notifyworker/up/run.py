@@ -12,11 +12,11 @@ from rich.live import Live
 from notifyworker import console, store
 from notifyworker.config import Settings
 from notifyworker.db import Database
-from notifyworker.demo import produce_forever
 from notifyworker.errors import ConnectionLost
 from notifyworker.models import JobId, JobRow, WorkerId
 from notifyworker.service import Worker, stop_on_signals
 from notifyworker.tasks import Registry
+from notifyworker.up.demo import produce_forever
 
 log = logging.getLogger(__name__)
 
