@@ -4,7 +4,7 @@ libpq ends a URL's userinfo at the first '@' or '/', so a password holding an
 unencoded '@', '/', '?' or '#' is misread, and pieces of it come back in
 libpq's errors as a host, a port or a database name. Such a URL is refused
 before any connection (config), and every form of the password found here is
-what db.py scrubs from the messages it writes.
+what notifyworker.db scrubs from the messages it writes.
 
 A password is read as the text between the first ':' after '://' and the
 LAST '@' of the URL: the one reading that holds whatever the password

@@ -101,7 +101,7 @@ def test_trigger_notifies_once_per_statement(
 
 
 def test_every_named_query_exists_and_is_used() -> None:
-    source = "\n".join(p.read_text() for p in (ROOT / "notifyworker").glob("*.py"))
+    source = "\n".join(p.read_text() for p in (ROOT / "notifyworker").rglob("*.py"))
     called = set(re.findall(r"""(?:rows|one|execute|query)\(\s*"([a-z0-9_]+)\"""", source))
     literals = set(re.findall(r'"([a-z0-9_]+)"', source))
     defined = set(sqlfiles.queries())
