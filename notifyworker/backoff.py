@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-import trio
+import anyio
 
 from notifyworker.errors import DatabaseError
 
@@ -60,14 +60,14 @@ class Retrying:
         still never allowed to stop the loop.
         """
         if self.failing_since is None:
-            self.failing_since = trio.current_time()
+            self.failing_since = anyio.current_time()
         self.last_error = str(exc) or type(exc).__name__
         delay = self._backoff.next_delay()
         if isinstance(exc, DatabaseError):
             log.warning("%s failed (%s); retrying in %.2fs", self.what, self.last_error, delay)
         else:
             log.error("%s failed unexpectedly; retrying in %.2fs", self.what, delay, exc_info=exc)
-        await trio.sleep(delay)
+        await anyio.sleep(delay)
 
     def succeeded(self) -> None:
         self._backoff.reset()

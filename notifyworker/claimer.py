@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 from typing import NoReturn
 
-import trio
+import anyio
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectSendStream
 
 from notifyworker.backoff import Retrying
 from notifyworker.db import DirectStatement, Row
@@ -74,25 +76,25 @@ class Claimer:
         self._max_payload_bytes = max_payload_bytes
         self._retrying = Retrying("claim")
 
-    async def run(self, send: trio.MemorySendChannel[Held]) -> NoReturn:
+    async def run(self, send: MemoryObjectSendStream[Held]) -> NoReturn:
         """Owns `send`: when this task is cancelled the channel closes, which is
         how the consumers learn that no more jobs will come."""
         demand = self._demand
         uncertain = False
-        reconcile_at = trio.current_time() + self._reconcile_interval
+        reconcile_at = anyio.current_time() + self._reconcile_interval
         async with send:
             try:
                 while True:
-                    if uncertain or trio.current_time() >= reconcile_at:
+                    if uncertain or anyio.current_time() >= reconcile_at:
                         uncertain = not await self._release_lost_claims()
-                        reconcile_at = trio.current_time() + self._reconcile_interval
+                        reconcile_at = anyio.current_time() + self._reconcile_interval
                         continue
                     wake_at = min(
-                        trio.current_time() + self._poll_interval, demand.due, reconcile_at
+                        anyio.current_time() + self._poll_interval, demand.due, reconcile_at
                     )
-                    with trio.move_on_at(wake_at) as poll:
+                    with anyio.CancelScope(deadline=wake_at) as poll:
                         await demand.wait()
-                    if demand.retries_due(trio.current_time()):
+                    if demand.retries_due(anyio.current_time()):
                         demand.work_arrived(wake=False)  # a retry fell due: claim it now
                     elif poll.cancelled_caught:
                         demand.work_arrived(wake=False)  # the claim follows right here
@@ -107,7 +109,7 @@ class Claimer:
                             await self._retrying.failed(exc)
                             break
                         self._retrying.succeeded()
-                        await trio.lowlevel.checkpoint()
+                        await anyio.lowlevel.checkpoint()
             finally:
                 self._claim.close()
 
@@ -119,7 +121,7 @@ class Claimer:
         return asked, generation, rows
 
     def _claim_once(
-        self, send: trio.MemorySendChannel[Held], claim: tuple[int, int, list[Row]]
+        self, send: MemoryObjectSendStream[Held], claim: tuple[int, int, list[Row]]
     ) -> None:
         asked, generation, rows = claim
         jobs = claimed_jobs(rows)

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import trio
+import anyio
 import typer
 from pydantic import SecretStr
 from rich.console import Console
 
-from notifyworker import config, console, db, dburl, store
+from notifyworker import config, console, db, dburl, runtime, store
 from notifyworker.config import Settings
 from notifyworker.errors import ConfigError, NotifyWorkerError, SchemaOutdated
 from notifyworker.models import MAX_RATE, MIN_RATE, JobId, JobRow, rate_problem
@@ -78,6 +78,12 @@ Tasks = Annotated[
     typer.Option("--tasks", help="Module to import for task handlers (repeatable)."),
 ]
 LogLevel = Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")]
+Backend = Annotated[
+    str | None,
+    typer.Option(
+        help="Event loop: trio (default), or asyncio for handlers that await asyncio libraries."
+    ),
+]
 
 
 def main() -> None:
@@ -173,6 +179,7 @@ def run(
     shutdown_grace: ShutdownGrace = None,
     tasks: Tasks = None,
     log_level: LogLevel = None,
+    backend: Backend = None,
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C."""
     settings = _settings(
@@ -184,18 +191,19 @@ def run(
         shutdown_grace=shutdown_grace,
         tasks=tuple(tasks) if tasks else None,
         log_level=log_level,
+        backend=backend,
     )
     import_tasks(settings.tasks)
     # No schema check here: the worker waits for the database and the schema
     # (a migration Job may still be running), up to NOTIFYWORKER_STARTUP_TIMEOUT.
-    trio.run(_run_worker, settings)
+    runtime.run(_run_worker, settings, backend=settings.backend)
 
 
 async def _run_worker(settings: Settings) -> None:
     from notifyworker.service import Worker, stop_on_signals  # noqa: PLC0415
 
     worker = Worker(settings, registry)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         nursery.start_soon(stop_on_signals, worker)
         await worker.run()
         nursery.cancel_scope.cancel()
@@ -218,6 +226,7 @@ def up(
     rate: Rate = None,
     shutdown_grace: ShutdownGrace = None,
     log_level: LogLevel = None,
+    backend: Backend = None,
 ) -> None:
     """Everything at once: database, migrations, worker, demo producer, live table."""
     if demo_rate <= 0:
@@ -232,6 +241,7 @@ def up(
         shutdown_grace=shutdown_grace,
         data_dir=data_dir,
         log_level=log_level,
+        backend=backend,
         _console=out if live else None,
     )
     # A laptop's demo: the endpoints for this machine only, not the whole network, and
@@ -247,7 +257,9 @@ def up(
             log.info("applied migrations %s", ", ".join(applied))
         from notifyworker.up.run import run_up  # noqa: PLC0415
 
-        first_id, seconds = trio.run(run_up, settings, registry, demo_rate, duration, out, live)
+        first_id, seconds = runtime.run(
+            run_up, settings, registry, demo_rate, duration, out, live, backend=settings.backend
+        )
         if duration is not None:
             summary = db.run_once(url, store.summary_since, first_id)
             print(console.summary_text(summary, seconds))

@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     tasks: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="Modules to import that register task handlers (comma-separated)."
     )
+    backend: Literal["trio", "asyncio"] = Field(
+        default="trio",
+        description="The event loop: trio, or asyncio for handlers that await asyncio libraries.",
+    )
     data_dir: Path = Field(
         default=DEFAULT_DATA_DIR, description="Data folder of the embedded PostgreSQL."
     )

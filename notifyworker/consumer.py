@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NoReturn
 
-import trio
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from notifyworker.demand import Demand
@@ -57,23 +58,23 @@ class ConsumerContext:
         self.inflight.cancel_all("worker stopping before the job started", Stage.PACING)
 
 
-async def consume(recv: trio.MemoryReceiveChannel[Held], ctx: ConsumerContext) -> None:
+async def consume(recv: MemoryObjectReceiveStream[Held], ctx: ConsumerContext) -> None:
     """Run jobs until the channel closes (the claimer stopped)."""
     async with recv:
         while True:
             # One cancel scope serves job after job: entering a scope per job
             # cost more than a no-op job itself. Cancelling a job cancels its
             # consumer's scope, which ends here; the next job gets a fresh one.
-            with trio.CancelScope() as scope:
+            with anyio.CancelScope() as scope:
                 while not scope.cancel_called:
                     try:
                         held = recv.receive_nowait()  # no task switch while jobs wait
-                    except trio.WouldBlock:
+                    except anyio.WouldBlock:
                         try:
                             held = await recv.receive()
-                        except trio.EndOfChannel:
+                        except anyio.EndOfStream:
                             return
-                    except trio.EndOfChannel:
+                    except anyio.EndOfStream:
                         return
                     try:
                         await _run_one(held, scope, ctx)
@@ -82,7 +83,7 @@ async def consume(recv: trio.MemoryReceiveChannel[Held], ctx: ConsumerContext) -
                         ctx.demand.released()
 
 
-async def _run_one(held: Held, scope: trio.CancelScope, ctx: ConsumerContext) -> None:
+async def _run_one(held: Held, scope: anyio.CancelScope, ctx: ConsumerContext) -> None:
     job, ticket = held.job, held.ticket
     ctx.metrics.job_claimed(job)
     if ctx.stopping or held.reason is not None:
@@ -99,20 +100,20 @@ async def _run_one(held: Held, scope: trio.CancelScope, ctx: ConsumerContext) ->
         return
     if ticket != NO_TICKET:
         # Only a paced job needs a scope that a cancel or the stop can end while it waits.
-        with trio.CancelScope() as pacing:
+        with anyio.CancelScope() as pacing:
             held.stage, held.scope = Stage.PACING, pacing
-            paced_at = trio.current_time()
+            paced_at = anyio.current_time()
             try:
                 await ctx.limiter.wait(ticket)
             finally:
                 held.stage, held.scope = Stage.CLAIMED, None
-                ctx.metrics.limiter_waited(trio.current_time() - paced_at)
+                ctx.metrics.limiter_waited(anyio.current_time() - paced_at)
         if pacing.cancelled_caught or ctx.stopping or held.reason is not None:
             return
     started_at = ctx.recorder.started(job)
     ctx.metrics.job_started(job, started_at)
     held.stage, held.scope = Stage.RUNNING, scope
-    held.deadline = trio.current_time() + job.timeout + ctx.backstop_grace
+    held.deadline = anyio.current_time() + job.timeout + ctx.backstop_grace
     outcome: Outcome | None = None
     try:
         result = await task.handler(payload)
@@ -161,11 +162,12 @@ def _payload_text(job: ClaimedJob, limit: int) -> str:
 
 
 def _cancellation(exc: BaseException) -> BaseException | None:
-    """trio's cancellation of the handler within `exc` (alone, or inside a group), if any."""
-    if isinstance(exc, trio.Cancelled):
+    """The event loop's cancellation of the handler within `exc` (alone, or in a group), if any."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, cancelled):
         return exc
     if isinstance(exc, BaseExceptionGroup):
-        return exc.subgroup(trio.Cancelled)
+        return exc.subgroup(cancelled)
     return None
 
 
@@ -176,8 +178,8 @@ async def watch_deadlines(inflight: InFlight, interval: float) -> NoReturn:
     this catches a job the sweeper cannot reach (the database is away).
     """
     while True:
-        await trio.sleep(interval)
-        for held in inflight.overdue(trio.current_time()):
+        await anyio.sleep(interval)
+        for held in inflight.overdue(anyio.current_time()):
             held.cancel("timed out: ran past its timeout (cancelled by the worker)")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import math
 
-import trio
+import anyio
 
 from notifyworker.inflight import InFlight
 
@@ -29,7 +29,7 @@ class Demand:
         # True until a claim proves the table empty; start-up claims at once.
         self.more_waiting = True
         self._generation = 0
-        self._wake = trio.Event()
+        self._wake = anyio.Event()
         # When the retries this worker scheduled fall due (trio's clock), soonest first.
         self._due: list[float] = []
 
@@ -43,7 +43,7 @@ class Demand:
     def due_in(self, seconds: float) -> None:
         """A retry falls due in `seconds`: make sure a claim happens then."""
         # A few milliseconds late, so the claim's now() has surely passed run_at.
-        at = trio.current_time() + max(seconds, 0.0) + 0.005
+        at = anyio.current_time() + max(seconds, 0.0) + 0.005
         if at < self.due:
             self._wake.set()  # the claimer re-reads `due` for its next wait
         heapq.heappush(self._due, at)
@@ -82,4 +82,4 @@ class Demand:
     async def wait(self) -> None:
         """Until something worth a claim happens; the caller bounds it (poll)."""
         await self._wake.wait()
-        self._wake = trio.Event()
+        self._wake = anyio.Event()

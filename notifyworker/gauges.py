@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-import trio
+import anyio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -95,12 +95,12 @@ class Readings(Collector):
         self.gauge(
             "notifyworker_last_sweep_age_seconds",
             "Seconds since any sweeper of the fleet finished a round, as this worker last saw.",
-            lambda: sweeper.last_sweep_age(trio.current_time()),
+            lambda: sweeper.last_sweep_age(anyio.current_time()),
         )
         self.gauge(
             "notifyworker_recorder_stalled_seconds",
             "Seconds the marks being written have waited for the table (0 when none wait).",
-            lambda: recorder.stalled_for(trio.current_time()),
+            lambda: recorder.stalled_for(anyio.current_time()),
         )
         self.gauge(
             "notifyworker_rate",

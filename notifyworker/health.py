@@ -1,20 +1,23 @@
 """/livez, /readyz and /metrics over HTTP, for Kubernetes' probes and Prometheus.
 
-A raw ASGI app (three paths need no framework) served by hypercorn's trio
-worker inside the worker's own nursery: it answers from the event loop it
-vouches for, and stops with the worker. No probe ever waits on the database:
+A raw ASGI app (three paths need no framework) served by hypercorn (its trio
+or asyncio server, whichever loop runs the worker) inside the worker's own
+task group: it answers from the event loop it vouches for, and stops with
+the worker. No probe ever waits on the database:
 readiness reads state the worker keeps anyway.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
-from typing import NoReturn, Protocol
+from typing import Protocol
 
+import anyio
+import anyio.abc
+import hypercorn.asyncio
 import hypercorn.trio
-import trio
+import sniffio
 from hypercorn.config import Config, Sockets
 from hypercorn.typing import (
     ASGIFramework,
@@ -69,7 +72,7 @@ class Readiness:
             return "stopping"
         if self.phase is not None:
             return self.phase
-        now = trio.current_time()
+        now = anyio.current_time()
         for check in self._checks:
             if reason := check(now, self.within):
                 return reason
@@ -168,8 +171,8 @@ async def serve(
     host: str,
     port: int,
     *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> NoReturn:
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve `app` until cancelled; report started, with the bound port, once it listens."""
     config = _PreBound()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -177,6 +180,8 @@ async def serve(
     # hypercorn's own lines ("Running on …") go through logging like ours.
     config.errorlog = logging.getLogger("hypercorn.error")
     config.include_server_header = False
+    # A probe answers in microseconds: a stop need not wait hypercorn's default 3 s for one.
+    config.graceful_timeout = 0.5
     try:
         sockets = config.create_sockets()
     except OSError as exc:
@@ -186,10 +191,30 @@ async def serve(
         ) from None
     try:
         bound = sockets.insecure_sockets[0].getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            await nursery.start(functools.partial(hypercorn.trio.serve, app, config))
+        stop = anyio.Event()
+        async with anyio.create_task_group() as server:
+            server.start_soon(_serve_until, app, config, stop)
             log.info("health and metrics on http://%s:%d (/livez, /readyz, /metrics)", host, bound)
             task_status.started(bound)
-            await trio.sleep_forever()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                stop.set()
     finally:
         config.close()
+
+
+async def _serve_until(app: ASGIFramework, config: _PreBound, stop: anyio.Event) -> None:
+    """hypercorn's server for the running event loop, until `stop` is set.
+
+    Shielded, and ended by its own shutdown trigger rather than by
+    cancellation: hypercorn's asyncio server closes its sockets and tasks in
+    `finally` blocks that a repeated cancel would cut short. Passing a
+    trigger also keeps hypercorn from installing signal handlers, which
+    belong to the application that embeds the worker.
+    """
+    with anyio.CancelScope(shield=True):
+        if sniffio.current_async_library() == "trio":
+            await hypercorn.trio.serve(app, config, shutdown_trigger=stop.wait)
+        else:
+            await hypercorn.asyncio.serve(app, config, shutdown_trigger=stop.wait)

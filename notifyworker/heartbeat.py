@@ -7,7 +7,7 @@ import os
 import socket
 from typing import NoReturn
 
-import trio
+import anyio
 
 from notifyworker import store
 from notifyworker.backoff import Retrying
@@ -50,7 +50,7 @@ async def beat_forever(
     retrying = Retrying("heartbeat")
     refused: str | None = None  # the bad rate setting last warned about
     while True:
-        await trio.sleep(interval)
+        await anyio.sleep(interval)
         try:
             beat = await db.run(store.heartbeat, worker_id)
             if not beat.alive:

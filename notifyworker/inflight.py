@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from enum import Enum
 
-import trio
+import anyio
 
 from notifyworker.models import ClaimedJob, JobId
 
@@ -39,7 +39,7 @@ class Held:
         self.job = job
         self.ticket = ticket
         self.stage = Stage.CLAIMED
-        self.scope: trio.CancelScope | None = None
+        self.scope: anyio.CancelScope | None = None
         self.deadline = math.inf
         # Why it was cancelled here, once it was; the first reason wins.
         self.reason: str | None = None
@@ -61,7 +61,7 @@ class InFlight:
         # Nearly always one attempt per job; a list for the rare stale one.
         self._by_job: dict[JobId, list[Held]] = {}
         # Set at the next release, for someone waiting for attempts to end.
-        self._released: trio.Event | None = None
+        self._released: anyio.Event | None = None
 
     @property
     def free(self) -> int:
@@ -103,7 +103,7 @@ class InFlight:
         """Until none of these attempts is held any more."""
         while any(self.find(h.job.id, h.job.claimed_at) is h for h in attempts):
             if self._released is None:
-                self._released = trio.Event()
+                self._released = anyio.Event()
             await self._released.wait()
 
     def attempts(self, job_id: JobId) -> list[Held]:

@@ -23,7 +23,8 @@ import math
 import sys
 from collections import deque
 
-import trio
+import anyio
+import anyio.lowlevel
 
 from notifyworker.models import MAX_RATE, rate_problem
 
@@ -46,11 +47,11 @@ class FixedIntervalLimiter:
     def __init__(self, rate: float) -> None:
         self._next_slot = -math.inf
         self._last_slot = -math.inf  # the slot of the last grant: where a re-plan starts
-        self._replanned = trio.Event()  # set (and replaced) when the rate changes
+        self._replanned = anyio.Event()  # set (and replaced) when the rate changes
         self._rate = math.nan  # no rate yet: the first one is a change like any other
         self._issued = 0
         self._serving = 1
-        self._turns: dict[int, trio.Event] = {}
+        self._turns: dict[int, anyio.Event] = {}
         self._abandoned: set[int] = set()
         self._recent: deque[float] = deque()
         self._granted: dict[int, float] = {}  # granted, not yet started: their slots
@@ -73,7 +74,7 @@ class FixedIntervalLimiter:
         # Re-plan: a slot already past is re-anchored at now by the next look.
         self._next_slot = self._last_slot + self._interval
         self._replanned.set()  # the head of the line, asleep until the old slot, looks again
-        self._replanned = trio.Event()
+        self._replanned = anyio.Event()
 
     def ticket(self) -> int:
         """A place in the start order; every ticket must be waited for or abandoned."""
@@ -95,8 +96,8 @@ class FixedIntervalLimiter:
         if ticket is None:
             ticket = self.ticket()
         if ticket == NO_TICKET:
-            await trio.lowlevel.checkpoint()
-            now = trio.current_time()
+            await anyio.lowlevel.checkpoint()
+            now = anyio.current_time()
             self._started(now)  # unpaced, but in the window a later rate will see
             return now
         try:
@@ -106,17 +107,17 @@ class FixedIntervalLimiter:
                     break
                 if ticket == self._serving:
                     replanned = self._replanned
-                    with trio.move_on_at(next_slot):
+                    with anyio.CancelScope(deadline=next_slot):
                         await replanned.wait()
                 else:
-                    await self._turns.setdefault(ticket, trio.Event()).wait()
-            await trio.lowlevel.checkpoint()
+                    await self._turns.setdefault(ticket, anyio.Event()).wait()
+            await anyio.lowlevel.checkpoint()
         except BaseException:
             self.abandon(ticket)
             raise
         # Started: counted in the window from when it really starts, not from its grant.
         slot = self._granted.pop(ticket)
-        self._started(trio.current_time())
+        self._started(anyio.current_time())
         return slot
 
     def _started(self, now: float) -> None:
@@ -134,7 +135,7 @@ class FixedIntervalLimiter:
 
     def _grant_due(self) -> float:
         """Grant, in order, the tickets whose slot has come; the next slot after them."""
-        now = trio.current_time()
+        now = anyio.current_time()
         while self._serving <= self._issued:
             if self._serving in self._abandoned:
                 self._abandoned.discard(self._serving)

@@ -19,7 +19,8 @@ import re
 from collections.abc import Callable
 from typing import NoReturn
 
-import trio
+import anyio
+import anyio.abc
 
 from notifyworker.backoff import Retrying
 from notifyworker.db import ListenConnection
@@ -65,7 +66,7 @@ async def listen(
     on_reconnect: Callable[[], None],
     check_interval: float,
     *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """LISTEN, report started only then, and turn notifications into wake-ups.
 
@@ -89,12 +90,12 @@ async def listen(
                 on_reconnect()
             demand.work_arrived()
             while True:
-                with trio.move_on_after(check_interval) as quiet:
+                with anyio.move_on_after(check_interval) as quiet:
                     while True:
                         for channel, payload in await conn.wait():
                             _dispatch(channel, payload, demand, on_cancel)
                         # Heard something: the connection is alive, restart the clock.
-                        quiet.deadline = trio.current_time() + check_interval
+                        quiet.deadline = anyio.current_time() + check_interval
                 if quiet.cancelled_caught:
                     token = f"{id(conn):x}-{next(checks)}"
                     for channel, payload in await conn.self_check(token, SELF_CHECK_TIMEOUT):

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import NoReturn
 
-import trio
+import anyio
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -221,4 +221,4 @@ async def refresh_job_counts(db: Database, counts: JobCounts, interval: float) -
             if str(exc) != said:  # once, not every interval: the worker itself is fine
                 log.warning("the jobs-by-status gauge cannot be refreshed: %s", exc)
                 said = str(exc)
-        await trio.sleep(interval)
+        await anyio.sleep(interval)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import NoReturn
 
-import trio
+import anyio
 
 from notifyworker import store
 from notifyworker.backoff import Retrying
@@ -32,7 +32,7 @@ class Ownership:
         self._inflight = inflight
         self._asked: set[JobId] = set()
         self._everything = False
-        self._wake = trio.Event()
+        self._wake = anyio.Event()
         self.retrying = Retrying("checking held jobs against the table")
 
     def ask(self, job_id: JobId) -> None:
@@ -50,7 +50,7 @@ class Ownership:
     async def check_forever(self) -> NoReturn:
         while True:
             await self._wake.wait()
-            self._wake = trio.Event()
+            self._wake = anyio.Event()
             await self.check()
 
     async def check(self, *, everything: bool = False) -> list[Held]:
@@ -89,6 +89,6 @@ class Ownership:
         """After being declared dead: stop what is no longer ours, and wait (up to
         `limit`) for those handlers to end, so they never overlap a new claim."""
         stale = await self.check(everything=True)
-        with trio.move_on_after(limit):
+        with anyio.move_on_after(limit):
             await self._inflight.wait_released(stale)
         return len(stale)

@@ -19,7 +19,7 @@ import logging
 from datetime import UTC, datetime
 from typing import NoReturn
 
-import trio
+import anyio
 
 from notifyworker import store
 from notifyworker.backoff import Retrying
@@ -77,10 +77,10 @@ class Recorder:
         self.writing_since: float | None = None
         self._starts: dict[JobId, StartMark] = {}
         self._finishes: list[FinishMark] = []
-        self._pending = trio.Event()
-        self._flushed = trio.Event()
+        self._pending = anyio.Event()
+        self._flushed = anyio.Event()
         # One flush at a time, so a job's start mark never lands after its outcome.
-        self._writing = trio.Lock()
+        self._writing = anyio.Lock()
 
     def started(self, job: ClaimedJob) -> datetime:
         at = now()
@@ -147,13 +147,13 @@ class Recorder:
 
     async def _flush_pending(self) -> None:
         while self.backlog:
-            self._pending = trio.Event()
+            self._pending = anyio.Event()
             starts = list(self._starts.values())[:MAX_BATCH]
             for mark in starts:
                 del self._starts[mark.job_id]
             finishes = self._finishes[:MAX_BATCH]
             del self._finishes[:MAX_BATCH]
-            self.writing_since = trio.current_time()
+            self.writing_since = anyio.current_time()
             try:
                 flushed = await self._write(starts, finishes)
             except Exception:
@@ -166,7 +166,7 @@ class Recorder:
             finally:
                 self.writing_since = None
             self._flushed.set()
-            self._flushed = trio.Event()
+            self._flushed = anyio.Event()
             for seconds in flushed.retries_in:
                 self._demand.due_in(seconds)
             for job_id, claimed_at in flushed.refused:

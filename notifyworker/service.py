@@ -26,7 +26,8 @@ import logging
 import signal
 import uuid
 
-import trio
+import anyio
+import anyio.abc
 
 from notifyworker.claimer import Claimer
 from notifyworker.config import Settings
@@ -77,8 +78,8 @@ class Worker:
         # Every attempt this worker holds, from claim to outcome.
         self.inflight = InFlight(settings.concurrency)
         self.retry = RetryPolicy(settings.retry_backoff, settings.retry_backoff_max)
-        self.stop_requested = trio.Event()
-        self._grace_over = trio.Event()
+        self.stop_requested = anyio.Event()
+        self._grace_over = anyio.Event()
         self.metrics = Metrics()
         # What /readyz answers: each part adds its own check as it starts.
         self.readiness = Readiness(READY_WITHIN_BEATS * settings.heartbeat_interval)
@@ -93,13 +94,13 @@ class Worker:
         self.stop_requested.set()
 
     async def run(
-        self, *, task_status: trio.TaskStatus[WorkerId] = trio.TASK_STATUS_IGNORED
+        self, *, task_status: anyio.abc.TaskStatus[WorkerId] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         settings = self.settings
         url = settings.url()
         db = Database(url, size=POOL_SIZE)
         try:
-            async with trio.open_nursery() as root:
+            async with anyio.create_task_group() as root:
                 # Probes answer from the first moment: /livez at once, /readyz
                 # saying what the worker waits for.
                 if settings.health_port is not None:
@@ -117,15 +118,15 @@ class Worker:
                         )  # fmt: skip
                         await self._pipeline(db, root, task_status)
                     finally:
-                        with trio.CancelScope(shield=True), trio.move_on_after(FINAL_WRITE_LIMIT):
+                        with anyio.CancelScope(shield=True), anyio.move_on_after(FINAL_WRITE_LIMIT):
                             await sign_off(db, self.worker_id)
                 root.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await db.close()
 
     async def _pipeline(
-        self, db: Database, root: trio.Nursery, task_status: trio.TaskStatus[WorkerId]
+        self, db: Database, root: anyio.abc.TaskGroup, task_status: anyio.abc.TaskStatus[WorkerId]
     ) -> None:
         settings, inflight = self.settings, self.inflight
         demand = Demand(inflight)
@@ -159,7 +160,7 @@ class Worker:
         )  # fmt: skip
         # Room for every job the claimer may hold (it claims no more than the free
         # slots), so handing a batch over never blocks and costs no task switch.
-        send, recv = trio.open_memory_channel[Held](settings.concurrency)
+        send, recv = anyio.create_memory_object_stream[Held](settings.concurrency)
         root.start_soon(
             beat_forever, db, self.worker_id, settings.heartbeat_interval,
             self.limiter, settings.rate, ownership, demand,
@@ -167,7 +168,7 @@ class Worker:
         try:
             # The listener and the sweeper outlive the consumers: while jobs run out
             # their grace, deadlines are still enforced and cancellations still heard.
-            async with trio.open_nursery() as watchers:
+            async with anyio.create_task_group() as watchers:
                 await watchers.start(
                     listen, listener, demand, ownership.ask, ownership.ask_all,
                     settings.listener_check_interval,
@@ -177,11 +178,11 @@ class Worker:
                 watchers.start_soon(ownership.check_forever)
                 watchers.start_soon(watch_deadlines, inflight, WATCHDOG_INTERVAL)
                 watchers.start_soon(self._grace_timer)
-                async with trio.open_nursery() as consumers:
+                async with anyio.create_task_group() as consumers:
                     async with recv:
                         for _ in range(settings.concurrency):
                             consumers.start_soon(consume, recv.clone(), consumers_share)
-                    async with trio.open_nursery() as claiming:
+                    async with anyio.create_task_group() as claiming:
                         claiming.start_soon(claimer.run, send)
                         self.readiness.phase = None
                         task_status.started(self.worker_id)
@@ -193,7 +194,7 @@ class Worker:
                         consumers_share.stop_starting()
                         claiming.cancel_scope.cancel()
                 # Every outcome is in the table before this worker signs off.
-                with trio.move_on_after(FINAL_WRITE_LIMIT):
+                with anyio.move_on_after(FINAL_WRITE_LIMIT):
                     await recorder.flush()
                 watchers.cancel_scope.cancel()
         finally:
@@ -202,7 +203,7 @@ class Worker:
     async def _grace_timer(self) -> None:
         """Once a stop is asked, give running jobs the grace period, then cancel them."""
         await self.stop_requested.wait()
-        with trio.move_on_after(self.settings.shutdown_grace):
+        with anyio.move_on_after(self.settings.shutdown_grace):
             await self._grace_over.wait()
         cancelled = self.inflight.cancel_all(
             f"cancelled at shutdown: ran past the {self.settings.shutdown_grace:g}s grace period",
@@ -214,7 +215,7 @@ class Worker:
 
 async def stop_on_signals(worker: Worker) -> None:
     """SIGINT/SIGTERM stop the worker gracefully; a second one ends the grace at once."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("received %s", signal.Signals(signum).name)
             worker.stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 
-import trio
+import anyio
 
 from notifyworker import store
 from notifyworker.backoff import Backoff
@@ -39,7 +39,7 @@ async def join(
     db: Database,
     worker_id: WorkerId,
     patience: float,
-    stop_requested: trio.Event,
+    stop_requested: anyio.Event,
     readiness: Readiness,
 ) -> bool:
     """Open the pool, wait for the schema, register; False if stopped meanwhile.
@@ -50,7 +50,7 @@ async def join(
     """
     backoff = Backoff(first=FIRST_WAIT)
     waiting_for = "the database"
-    with trio.move_on_after(patience if patience > 0 else math.inf):
+    with anyio.move_on_after(patience if patience > 0 else math.inf):
         while True:
             try:
                 await db.open()
@@ -72,7 +72,7 @@ async def join(
             readiness.phase = f"starting: {waiting_for}"
             delay = backoff.next_delay()
             log.warning("%s (attempt %d); retrying in %.1fs", waiting_for, backoff.attempt, delay)
-            with trio.move_on_after(delay):
+            with anyio.move_on_after(delay):
                 await stop_requested.wait()
             if stop_requested.is_set():
                 return False

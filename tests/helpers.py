@@ -6,8 +6,8 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 import psycopg
-import trio
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import BaseModel
@@ -36,7 +36,7 @@ def fast_settings(url: str, **overrides: Any) -> Settings:
 async def running_worker(settings: Settings, registry: Registry) -> AsyncIterator[Worker]:
     """A worker running in the background for the body; stopped gracefully after it."""
     worker = Worker(settings, registry)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         await nursery.start(worker.run)
         try:
             yield worker
@@ -47,9 +47,9 @@ async def running_worker(settings: Settings, registry: Registry) -> AsyncIterato
 
 async def eventually(check: Callable[[], bool], *, within: float = 10.0) -> None:
     """Wait until `check()` holds (a database condition has no event to await)."""
-    with trio.fail_after(within):
+    with anyio.fail_after(within):
         while not check():
-            await trio.sleep(0.02)
+            await anyio.sleep(0.02)
 
 
 def scalar(conn: psycopg.Connection[Any], query: str, *params: Any) -> Any:
@@ -79,7 +79,7 @@ class Calls:
     def __init__(self) -> None:
         self.started: list[int] = []
         self.cancelled: list[int] = []
-        self.ran = trio.Event()
+        self.ran = anyio.Event()
         self.registry = Registry()
         self.registry.add("record", self._record)
         self.registry.add("hang", self._hang)
@@ -90,15 +90,15 @@ class Calls:
         self.started.append(payload.n)
         self.ran.set()
         if payload.seconds:
-            await trio.sleep(payload.seconds)
+            await anyio.sleep(payload.seconds)
         return {"n": payload.n}
 
     async def _hang(self, payload: Numbered) -> None:
         self.started.append(payload.n)
         self.ran.set()
         try:
-            await trio.sleep_forever()
-        except trio.Cancelled:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
             self.cancelled.append(payload.n)
             raise
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 import threading
 
+import anyio
+import anyio.to_thread
 import psycopg
-import trio
 from pydantic import BaseModel
 
 from notifyworker.tasks import task
@@ -37,6 +38,6 @@ def _write(n: int) -> None:
 
 @task("ledger")
 async def ledger(payload: Entry) -> None:
-    await trio.to_thread.run_sync(_write, payload.n)
+    await anyio.to_thread.run_sync(_write, payload.n)
     if payload.seconds:
-        await trio.sleep(payload.seconds)
+        await anyio.sleep(payload.seconds)

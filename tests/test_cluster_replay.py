@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import anyio
 import httpx
 import psycopg
 import pytest
-import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import eventually, scalar
@@ -129,7 +129,7 @@ async def until_ready(http: httpx.AsyncClient, pod: Pod, worker: Doc) -> None:
                 answer = None  # not listening yet: a failed probe
             if answer is not None and answer.status_code == 200:
                 break
-            await trio.sleep(period)
+            await anyio.sleep(period)
         else:
             pytest.fail(f"{kind} {path} never passed")
 

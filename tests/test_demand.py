@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-import trio
+import anyio
 
 from notifyworker.demand import Demand
 from notifyworker.inflight import InFlight
@@ -13,7 +13,7 @@ from tests.test_inflight import job
 
 async def test_each_scheduled_retry_keeps_its_own_due_time() -> None:
     demand = Demand(InFlight(2))
-    start = trio.current_time()
+    start = anyio.current_time()
     demand.due_in(2.0)
     demand.due_in(1.0)  # scheduled later, due sooner
     assert math.isclose(demand.due, start + 1.005, abs_tol=0.001)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import anyio
 import trio
 import trio.testing
 
@@ -23,7 +24,7 @@ async def test_stopping_wins_then_the_phase_then_the_first_part_with_a_reason() 
     assert readiness() == "starting"
     readiness.phase = None
     assert (readiness() or "").startswith("the database has not answered")
-    db.last_success = trio.current_time()
+    db.last_success = anyio.current_time()
     assert readiness() == "the recorder is stuck"
     readiness.stopping = True
     assert readiness() == "stopping"
@@ -34,9 +35,9 @@ async def test_a_database_silent_for_longer_than_allowed_is_not_ready(
 ) -> None:
     readiness = Readiness(within=3.0)
     readiness.phase = None
-    db = FakeDatabase(last_success=trio.current_time())
+    db = FakeDatabase(last_success=anyio.current_time())
     readiness.watch(silent(db))
-    await trio.sleep(2.9)
+    await anyio.sleep(2.9)
     assert readiness() is None
-    await trio.sleep(0.2)
+    await anyio.sleep(0.2)
     assert readiness() == "the database has not answered for 3.1s"

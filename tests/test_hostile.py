@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
-import trio
 from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -42,7 +42,7 @@ class Tasks:
         self.cancelled: list[int] = []
         self.running: dict[int, int] = {}
         self.most_at_once = 0
-        self.started_event = trio.Event()
+        self.started_event = anyio.Event()
         self.registry = Registry()
         self.registry.add("hang", self.hang)
         self.registry.add("quick", self.quick)
@@ -54,8 +54,8 @@ class Tasks:
         self.most_at_once = max(self.most_at_once, self.running[payload.n])
         self.started_event.set()
         try:
-            await trio.sleep_forever()
-        except trio.Cancelled:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
             self.cancelled.append(payload.n)
             raise
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime, timedelta
 
+import anyio
 import trio
 import trio.testing
 from pydantic import BaseModel
@@ -57,8 +58,8 @@ class Handlers:
     async def wait(self, payload: Empty) -> None:
         self.started.append(len(self.started))
         try:
-            await trio.sleep_forever()
-        except trio.Cancelled:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
             self.cancelled += 1
             raise
 
@@ -96,7 +97,7 @@ def outcomes(recorder: Recorder) -> list[tuple[int, str, str | None]]:
 async def test_two_attempts_of_one_job_keep_their_own_entries() -> None:
     inflight = InFlight(4)
     stale, fresh = inflight.claimed(job(1, claim=0), 0), inflight.claimed(job(1, claim=30), 0)
-    stale_scope, fresh_scope = trio.CancelScope(), trio.CancelScope()
+    stale_scope, fresh_scope = anyio.CancelScope(), anyio.CancelScope()
     stale.stage, stale.scope = Stage.RUNNING, stale_scope
     fresh.stage, fresh.scope = Stage.RUNNING, fresh_scope
     assert inflight.find(JobId(1), EPOCH) is stale
@@ -110,7 +111,7 @@ async def test_two_attempts_of_one_job_keep_their_own_entries() -> None:
 async def test_a_released_entry_can_no_longer_cancel_its_consumers_next_job() -> None:
     inflight = InFlight(1)
     held = inflight.claimed(job(1), 0)
-    consumer_scope = trio.CancelScope()  # one scope serves job after job
+    consumer_scope = anyio.CancelScope()  # one scope serves job after job
     held.stage, held.scope = Stage.RUNNING, consumer_scope
     inflight.release(held)
     held.cancel("a verdict that came back after the job ended")
@@ -123,11 +124,11 @@ async def test_watchdog_cancels_a_job_past_its_local_deadline(
     inflight = InFlight(2)
     late, fine = inflight.claimed(job(1), 0), inflight.claimed(job(2), 0)
     for held, deadline in ((late, 2), (fine, 60)):
-        held.stage, held.scope = Stage.RUNNING, trio.CancelScope()
-        held.deadline = trio.current_time() + deadline
-    async with trio.open_nursery() as nursery:
+        held.stage, held.scope = Stage.RUNNING, anyio.CancelScope()
+        held.deadline = anyio.current_time() + deadline
+    async with anyio.create_task_group() as nursery:
         nursery.start_soon(watch_deadlines, inflight, 0.5)
-        await trio.sleep(3)
+        await anyio.sleep(3)
         nursery.cancel_scope.cancel()
     assert late.scope is not None
     assert late.scope.cancel_called
@@ -136,8 +137,8 @@ async def test_watchdog_cancels_a_job_past_its_local_deadline(
 
 
 async def run_consumers(ctx: ConsumerContext, helds: list[Held], consumers: int) -> None:
-    send, recv = trio.open_memory_channel[Held](len(helds))
-    async with trio.open_nursery() as nursery:
+    send, recv = anyio.create_memory_object_stream[Held](len(helds))
+    async with anyio.create_task_group() as nursery:
         async with recv:
             for _ in range(consumers):
                 nursery.start_soon(consume, recv.clone(), ctx)
@@ -152,7 +153,7 @@ async def test_a_handler_that_calls_sys_exit_fails_its_job_and_nothing_else(
     handlers = Handlers()
     ctx, recorder = context(handlers, 2)
     helds = [ctx.inflight.claimed(job(1, task="exit"), 0), ctx.inflight.claimed(job(2), 0)]
-    with trio.move_on_after(5):
+    with anyio.move_on_after(5):
         await run_consumers(ctx, helds, consumers=1)  # one consumer: job 2 runs after job 1
     assert outcomes(recorder)[0] == (1, "failed", "handler raised SystemExit: 3")
     assert handlers.started == [0]  # the same consumer went on to job 2
@@ -180,12 +181,12 @@ async def test_cancelling_the_stale_attempt_leaves_the_new_one_running(
         ctx.inflight.claimed(job(1, claim=0), 0),
         ctx.inflight.claimed(job(1, claim=30), 0),
     )
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         nursery.start_soon(run_consumers, ctx, [stale, fresh], 2)
-        await trio.sleep(1)
+        await anyio.sleep(1)
         assert handlers.started == [0, 1]
         stale.cancel("no longer this worker's")
-        await trio.sleep(1)
+        await anyio.sleep(1)
         assert (handlers.cancelled, fresh.stage) == (1, Stage.RUNNING)
         fresh.cancel("cancelled in the table")
     assert outcomes(recorder) == [

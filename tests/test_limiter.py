@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 
+import anyio
+import anyio.abc
 import pytest
 import trio
 import trio.testing
@@ -21,9 +23,9 @@ async def _starts(limiter: FixedIntervalLimiter, callers: int, each: int) -> lis
     async def consumer() -> None:
         for _ in range(each):
             await limiter.wait()
-            times.append(trio.current_time())
+            times.append(anyio.current_time())
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         for _ in range(callers):
             nursery.start_soon(consumer)
     return sorted(times)
@@ -44,8 +46,8 @@ async def test_starts_are_spaced_at_the_rate_across_consumers(
 async def test_no_burst_after_idle(autojump_clock: trio.testing.MockClock) -> None:
     limiter = FixedIntervalLimiter(10)
     await _starts(limiter, callers=1, each=3)
-    await trio.sleep(60)  # a long idle period must not bank any credit
-    resumed = trio.current_time()
+    await anyio.sleep(60)  # a long idle period must not bank any credit
+    resumed = anyio.current_time()
     times = await _starts(limiter, callers=5, each=4)
     assert times[0] == pytest.approx(resumed)
     gaps = [b - a for a, b in itertools.pairwise(times)]
@@ -64,13 +66,15 @@ async def test_rate_changes_while_running(autojump_clock: trio.testing.MockClock
     assert [round(b - a, 6) for a, b in itertools.pairwise([slow[-1], *fast])] == [0.01] * 10
 
 
-async def _waiters(limiter: FixedIntervalLimiter, count: int, nursery: trio.Nursery) -> list[float]:
+async def _waiters(
+    limiter: FixedIntervalLimiter, count: int, nursery: anyio.abc.TaskGroup
+) -> list[float]:
     """`count` tickets drawn now, each waited for in its own task; their start times."""
     times: list[float] = []
 
     async def start(ticket: int) -> None:
         await limiter.wait(ticket)
-        times.append(trio.current_time())
+        times.append(anyio.current_time())
 
     for _ in range(count):
         nursery.start_soon(start, limiter.ticket())
@@ -82,12 +86,12 @@ async def test_a_faster_rate_releases_waiting_tickets_at_once(
 ) -> None:
     limiter = FixedIntervalLimiter(0.001)
     await limiter.wait()  # the slot after this one is 1,000 s away
-    with trio.fail_after(10):  # not the 1,000 s the old rate planned
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(10):  # not the 1,000 s the old rate planned
+        async with anyio.create_task_group() as nursery:
             times = await _waiters(limiter, 3, nursery)
-            await trio.sleep(5)
+            await anyio.sleep(5)
             assert times == []
-            changed = trio.current_time()
+            changed = anyio.current_time()
             limiter.rate = 50
     assert times[0] - changed <= 1 / 50
     assert [round(b - a, 6) for a, b in itertools.pairwise(times)] == [0.02, 0.02]
@@ -98,15 +102,15 @@ async def test_a_slower_rate_moves_the_next_grant_out(
 ) -> None:
     limiter = FixedIntervalLimiter(50)
     times: list[float] = []
-    two_started = trio.Event()
+    two_started = anyio.Event()
 
     async def start(ticket: int) -> None:
         await limiter.wait(ticket)
-        times.append(trio.current_time())
+        times.append(anyio.current_time())
         if len(times) == 2:
             two_started.set()
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         for _ in range(4):
             nursery.start_soon(start, limiter.ticket())
         await two_started.wait()
@@ -120,11 +124,11 @@ async def test_rate_zero_releases_every_waiter_at_once(
 ) -> None:
     limiter = FixedIntervalLimiter(0.001)
     await limiter.wait()
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as nursery:
             times = await _waiters(limiter, 20, nursery)
-            await trio.sleep(1)
-            changed = trio.current_time()
+            await anyio.sleep(1)
+            changed = anyio.current_time()
             limiter.rate = 0
     assert times == [changed] * 20
     assert limiter.ticket() == NO_TICKET
@@ -132,7 +136,7 @@ async def test_rate_zero_releases_every_waiter_at_once(
 
 async def test_zero_means_unlimited(autojump_clock: trio.testing.MockClock) -> None:
     limiter = FixedIntervalLimiter(0)
-    before = trio.current_time()
+    before = anyio.current_time()
     times = await _starts(limiter, callers=4, each=25)
     assert times == [before] * 100
 
@@ -142,11 +146,11 @@ async def test_cancelled_waiter_neither_blocks_nor_bursts(
 ) -> None:
     limiter = FixedIntervalLimiter(10)
     await limiter.wait()
-    first = trio.current_time()
-    with trio.move_on_after(0.01):
+    first = anyio.current_time()
+    with anyio.move_on_after(0.01):
         await limiter.wait()  # gives its ticket up before its slot
     await limiter.wait()
-    assert trio.current_time() - first == pytest.approx(0.1)
+    assert anyio.current_time() - first == pytest.approx(0.1)
 
 
 async def test_starts_follow_ticket_order_not_arrival_order(
@@ -160,7 +164,7 @@ async def test_starts_follow_ticket_order_not_arrival_order(
         await limiter.wait(ticket)
         order.append(ticket)
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         for ticket in reversed(tickets):  # the youngest job's consumer asks first
             nursery.start_soon(start, ticket)
     assert order == tickets
@@ -170,7 +174,7 @@ async def test_abandoned_tickets_are_skipped(autojump_clock: trio.testing.MockCl
     limiter = FixedIntervalLimiter(10)
     first, second, third = limiter.ticket(), limiter.ticket(), limiter.ticket()
     limiter.abandon(second)  # say, an unknown task: it never starts
-    with trio.fail_after(1):
+    with anyio.fail_after(1):
         await limiter.wait(first)
         await limiter.wait(third)
     assert limiter.ticket() == 4
@@ -228,24 +232,24 @@ def test_no_start_precedes_its_slot_and_no_window_overflows_across_rate_changes(
 
     async def scenario() -> None:
         limiter = FixedIntervalLimiter(first)
-        history.append((trio.current_time(), first))
+        history.append((anyio.current_time(), first))
 
         async def start(ticket: int) -> None:
             slot = await limiter.wait(ticket)
-            starts.append(trio.current_time())
+            starts.append(anyio.current_time())
             if ticket != NO_TICKET:
-                paced.append((ticket, slot, trio.current_time()))
+                paced.append((ticket, slot, anyio.current_time()))
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for kind, value in steps:
                 if kind == "arrive":
                     for _ in range(int(value)):
                         nursery.start_soon(start, limiter.ticket())
                 elif kind == "rate":
                     limiter.rate = value
-                    history.append((trio.current_time(), value))
+                    history.append((anyio.current_time(), value))
                 else:
-                    await trio.sleep(value)
+                    await anyio.sleep(value)
 
     trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
 

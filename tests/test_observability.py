@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import anyio
 import httpx
 import psycopg
 import pytest
-import trio
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
@@ -172,7 +172,7 @@ async def test_a_stopping_worker_is_alive_but_not_ready_then_closes_its_port(
     async with running_worker(fast_settings(database_url), calls.registry) as worker:
         url = base(worker)
         insert(conn, "hang", '{"n": 1}')
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             await calls.ran.wait()
         worker.stop()  # the hanging job now has its grace period: the worker drains
         draining = await http.get(f"{url}/readyz")
@@ -194,7 +194,7 @@ async def test_jobs_by_status_gauge(
         for job in done:
             await finished(conn, job)
         insert(conn, "hang", '{"n": 9}')
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             await calls.ran.wait()
         insert(conn, "record", '{"n": 10}')
         insert(conn, "record", '{"n": 11}')
@@ -212,9 +212,9 @@ async def test_jobs_by_status_gauge(
 
         # The one consumer holds the hanging job; the other two wait.
         expected = {"new": 2, "queued": 0, "running": 1, "done": 4, "failed": 0, "cancelled": 0}
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             while (seen := await counts()) != expected:
-                await trio.sleep(0.05)
+                await anyio.sleep(0.05)
         worker.stop()
         worker.stop()  # no grace for the hanging job
     assert seen == expected

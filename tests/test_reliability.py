@@ -7,9 +7,9 @@ import os
 import signal
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
-import trio
 from psycopg.conninfo import make_conninfo
 from pydantic import BaseModel
 
@@ -101,7 +101,7 @@ async def test_cancel_from_sql_stops_a_running_job_and_a_waiting_one_never_start
             "INSERT INTO notifyworker.jobs (task, payload, timeout)"
             " VALUES ('hang', '{\"n\": 2}', '1 hour') RETURNING id",
         )
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             await calls.ran.wait()
         assert scalar(conn, "SELECT notifyworker.cancel(%s)", running) == "cancelled"
         # The handler itself is cancelled, through NOTIFY and its cancel scope.
@@ -130,7 +130,7 @@ async def test_cancel_reaches_a_claimed_job_waiting_for_its_start_slot(
             "INSERT INTO notifyworker.jobs (task, payload) VALUES ('hang', '{\"n\": 1}')"
             " RETURNING id",
         )
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             await calls.ran.wait()
         second = scalar(
             conn,
@@ -303,6 +303,6 @@ async def test_a_database_that_refuses_the_url_stops_the_worker_at_once(server_u
     settings = fast_settings(
         make_conninfo(server_url, dbname="no_such_database"), startup_timeout=0
     )
-    with trio.fail_after(10), pytest.raises(ExceptionGroup) as raised:
+    with anyio.fail_after(10), pytest.raises(ExceptionGroup) as raised:
         await Worker(settings, Registry()).run()
     assert raised.group_contains(AccessDenied, match="does not exist", depth=None)

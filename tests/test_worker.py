@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
-import trio
 
 from notifyworker.models import FINAL_STATUSES
 from tests.helpers import Calls, eventually, fast_settings, running_worker, scalar
@@ -52,7 +52,7 @@ async def test_plain_insert_is_picked_up_through_notify(
     async with running_worker(fast_settings(database_url, poll_interval=600), calls.registry):
         first = insert(conn, "record", '{"n": 1}')
         await finished(conn, first)
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             second = insert(conn, "record", '{"n": 2}')
             await finished(conn, second)
     assert calls.started == [1, 2]
@@ -160,7 +160,7 @@ async def test_stop_gives_running_jobs_their_grace_and_hands_back_unstarted_ones
     settings = fast_settings(database_url, rate=1, concurrency=4, shutdown_grace=5)
     async with running_worker(settings, calls.registry) as worker:
         jobs = [insert(conn, "record", f'{{"n": {n}, "seconds": 0.3}}') for n in range(4)]
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             await calls.ran.wait()
         await eventually(
             lambda: (
@@ -189,7 +189,7 @@ async def test_jobs_running_past_the_grace_are_cancelled_at_shutdown(
             "INSERT INTO notifyworker.jobs (task, payload, timeout)"
             " VALUES ('hang', '{\"n\": 1}', '1 hour') RETURNING id",
         )
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             await calls.ran.wait()
     assert calls.cancelled == [1]
     row = conn.execute(
@@ -328,7 +328,7 @@ async def test_jobs_waiting_at_a_slow_rate_start_soon_after_it_is_reset(
         assert len(calls.started) <= 1  # the next slot is 1,000 s away: the rest wait
         conn.execute("DELETE FROM notifyworker.settings")  # `notifyworker rate --reset`
         # Re-planned at 50/s: a couple of heartbeats (0.2 s each) and some slack, not 1,000 s.
-        with trio.fail_after(10 * settings.heartbeat_interval):
+        with anyio.fail_after(10 * settings.heartbeat_interval):
             for job in jobs:
                 await finished(conn, job)
     assert sorted(calls.started) == [1, 2, 3, 4]

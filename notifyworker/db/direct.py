@@ -12,10 +12,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import psycopg
 import psycopg.abc
 import psycopg.errors
-import trio
 from psycopg import pq
 from psycopg.adapt import Transformer
 
@@ -48,17 +49,17 @@ class DirectStatement:
     async def run(self, **params: Any) -> list[Row]:
         """Execute with `params`; rows as dicts. ConnectionLost when it fails."""
         if self._conn is None:
-            self._conn = await trio.to_thread.run_sync(self._connect_sync)
+            self._conn = await anyio.to_thread.run_sync(self._connect_sync)
             self._loader = Transformer(self._conn)
         values = [None if params[p] is None else str(params[p]).encode() for p in self._params]
         # One scope, shielded and bounded: a cancel scope costs tens of microseconds,
         # and this is the pickup path.
-        deadline = trio.current_time() + DIRECT_STATEMENT_LIMIT
+        deadline = anyio.current_time() + DIRECT_STATEMENT_LIMIT
         try:
-            with trio.CancelScope(shield=True, deadline=deadline) as limit:
+            with anyio.CancelScope(shield=True, deadline=deadline) as limit:
                 rows = await self._execute(values)
             if limit.cancelled_caught:
-                raise trio.TooSlowError
+                raise TimeoutError
         except SOCKET_FAILURES as exc:
             self.close()
             raise lost(exc, self.url, "statement timed out") from None
@@ -112,14 +113,14 @@ def numbered(name: str) -> tuple[bytes, list[str]]:
 async def flushed(pg: psycopg.pq.abc.PGconn) -> None:
     """Wait until libpq has sent the whole query (non-blocking mode)."""
     while pg.flush():
-        await trio.lowlevel.wait_writable(pg.socket)
+        await anyio.wait_writable(pg.socket)
 
 
 async def next_result(conn: psycopg.Connection[Row]) -> psycopg.pq.abc.PGresult | None:
     """The next result of the query in flight, waiting on the socket; None when all are read."""
     pg = conn.pgconn
     while pg.is_busy():
-        await trio.lowlevel.wait_readable(pg.socket)
+        await anyio.wait_readable(pg.socket)
         pg.consume_input()
     result = pg.get_result()
     if result is not None and result.status == pq.ExecStatus.FATAL_ERROR:

@@ -8,8 +8,9 @@ now and then (the self-check) and treats a missing echo as a lost connection.
 
 from __future__ import annotations
 
+import anyio
+import anyio.to_thread
 import psycopg
-import trio
 
 from notifyworker import errors
 from notifyworker.db.direct import flushed, next_result, numbered
@@ -37,7 +38,7 @@ class ListenConnection:
 
     async def connect(self, channels: tuple[str, ...]) -> None:
         """Connect and LISTEN on each named query (`listen_jobs`, …)."""
-        self._conn = await trio.to_thread.run_sync(self._connect_sync, channels)
+        self._conn = await anyio.to_thread.run_sync(self._connect_sync, channels)
         self.connects += 1
 
     def _connect_sync(self, channels: tuple[str, ...]) -> psycopg.Connection[Row]:
@@ -64,7 +65,7 @@ class ListenConnection:
         """The next notifications; the caller bounds the wait with a cancel scope."""
         got = self.drain()
         while not got:
-            await trio.lowlevel.wait_readable(self._require().fileno())
+            await anyio.wait_readable(self._require().fileno())
             got = self.drain()
         return got
 
@@ -77,7 +78,7 @@ class ListenConnection:
         """
         conn = self._require()
         try:
-            with trio.fail_after(limit):
+            with anyio.fail_after(limit):
                 await self._ping(conn, token)
                 return await self._echo(conn, token)
         except SOCKET_FAILURES as exc:
@@ -109,7 +110,7 @@ class ListenConnection:
                     others.append((channel, payload))
             if echoed:
                 return others
-            await trio.lowlevel.wait_readable(conn.fileno())
+            await anyio.wait_readable(conn.fileno())
 
     def close(self) -> None:
         if self._conn is not None:

@@ -14,9 +14,10 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any, Concatenate, LiteralString, ParamSpec, TypeVar
 
+import anyio
+import anyio.to_thread
 import psycopg
 import psycopg_pool
-import trio
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -138,20 +139,20 @@ class Database:
             )
         )
         # One thread per pooled connection: more would only wait on the pool.
-        self._threads = trio.CapacityLimiter(size)
+        self._threads = anyio.CapacityLimiter(size)
         # When a unit of work last succeeded (trio's clock): readiness reads it
         # instead of sending a query of its own that could hang the probe.
         self.last_success = -math.inf
 
     async def open(self) -> None:
         """Connect once up front, so a wrong URL fails now with libpq's own reason."""
-        conn = await trio.to_thread.run_sync(connect, self.url, "pool")
+        conn = await anyio.to_thread.run_sync(connect, self.url, "pool")
         conn.close()
-        await trio.to_thread.run_sync(self._pool.open)
-        self.last_success = trio.current_time()
+        await anyio.to_thread.run_sync(self._pool.open)
+        self.last_success = anyio.current_time()
 
     async def close(self) -> None:
-        await trio.to_thread.run_sync(self._pool.close)
+        await anyio.to_thread.run_sync(self._pool.close)
 
     async def run(
         self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
@@ -161,10 +162,10 @@ class Database:
         Not cancellable once started: a statement sent to PostgreSQL always
         gets its answer read, so the caller never guesses what happened.
         """
-        result = await trio.to_thread.run_sync(
+        result = await anyio.to_thread.run_sync(
             self._run_sync, fn, args, kwargs, limiter=self._threads
         )
-        self.last_success = trio.current_time()
+        self.last_success = anyio.current_time()
         return result
 
     def _run_sync(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:

@@ -14,14 +14,13 @@ from collections.abc import Iterator
 
 import psycopg
 import psycopg.errors
-import trio
 from psycopg.conninfo import conninfo_to_dict
 
 from notifyworker import dburl, errors
 
 # How a connection driven on the event loop fails: the driver's error, the
-# socket's, or trio's deadline. `lost` says what each means.
-SOCKET_FAILURES = (psycopg.Error, OSError, trio.TooSlowError)
+# socket's, or the event loop's deadline. `lost` says what each means.
+SOCKET_FAILURES = (psycopg.Error, OSError, TimeoutError)
 
 # The shortest run of a password's characters that is never left in a message.
 _FRAGMENT = 4
@@ -91,7 +90,7 @@ def translated(url: str | None) -> Iterator[None]:
 
 
 def lost(
-    exc: psycopg.Error | OSError | trio.TooSlowError, url: str, deadline: str
+    exc: psycopg.Error | OSError | TimeoutError, url: str, deadline: str
 ) -> errors.DatabaseError:
     """What a failure on a connection driven on the event loop means; the caller closes it.
 
@@ -102,7 +101,7 @@ def lost(
     """
     if isinstance(exc, psycopg.Error):
         return translate(exc, url)
-    if isinstance(exc, trio.TooSlowError):
+    if isinstance(exc, TimeoutError):
         return errors.ConnectionLost(deadline)
     return errors.ConnectionLost(_one_line(exc, url))
 

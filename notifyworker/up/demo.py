@@ -10,7 +10,7 @@ import itertools
 import logging
 from typing import Any, NoReturn
 
-import trio
+import anyio
 
 from notifyworker import store
 from notifyworker.db import Database
@@ -32,12 +32,12 @@ def demo_payload(n: int) -> dict[str, Any]:
 
 
 async def produce_forever(db: Database, per_second: float) -> NoReturn:
-    next_insert = trio.current_time()
+    next_insert = anyio.current_time()
     for n in itertools.count():
         try:
             await db.run(store.enqueue, "sleep", demo_payload(n), str(n % OBJECT_IDS + 1))
         except ConnectionLost as exc:
             log.warning("demo producer: insert failed: %s", exc)
-        next_insert = max(next_insert + 1 / per_second, trio.current_time())
-        await trio.sleep_until(next_insert)
+        next_insert = max(next_insert + 1 / per_second, anyio.current_time())
+        await anyio.sleep_until(next_insert)
     raise AssertionError("unreachable")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-import trio
+import anyio
+import anyio.abc
 from rich.console import Console
 from rich.live import Live
 
@@ -39,30 +40,30 @@ async def run_up(
     try:
         first_id = await db.run(store.last_job_id)
         worker = Worker(settings, registry)
-        began = trio.current_time()
-        async with trio.open_nursery() as nursery:
+        began = anyio.current_time()
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(stop_on_signals, worker)
             await nursery.start(_run_worker, worker, nursery.cancel_scope)
-            async with trio.open_nursery() as demo:
+            async with anyio.create_task_group() as demo:
                 demo.start_soon(produce_forever, db, demo_rate)
                 demo.start_soon(_view, db, first_id, out, live)
                 if duration is not None:
-                    with trio.move_on_after(duration):
+                    with anyio.move_on_after(duration):
                         await worker.stop_requested.wait()
                     worker.stop()
                 else:
                     await worker.stop_requested.wait()
                 demo.cancel_scope.cancel()
-        return first_id, round(trio.current_time() - began, 1)
+        return first_id, round(anyio.current_time() - began, 1)
     finally:
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             await db.close()
 
 
 async def _run_worker(
     worker: Worker,
-    scope: trio.CancelScope,
-    task_status: trio.TaskStatus[WorkerId] = trio.TASK_STATUS_IGNORED,
+    scope: anyio.CancelScope,
+    task_status: anyio.abc.TaskStatus[WorkerId] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     await worker.run(task_status=task_status)
     scope.cancel()
@@ -82,12 +83,12 @@ async def _view(db: Database, first_id: JobId, out: Console, live: bool) -> None
             while True:
                 rows = await _latest(db, SHOWN_JOBS)
                 if rows is None:
-                    await trio.sleep(REFRESH_SECONDS)
+                    await anyio.sleep(REFRESH_SECONDS)
                     continue
                 screen.update(
                     console.job_table(rows, title="notifyworker up  (Ctrl-C stops)"), refresh=True
                 )
-                await trio.sleep(REFRESH_SECONDS)
+                await anyio.sleep(REFRESH_SECONDS)
     else:
         # Plain output: one line per job as it reaches each new status.
         seen: dict[int, str] = {}
@@ -97,4 +98,4 @@ async def _view(db: Database, first_id: JobId, out: Console, live: bool) -> None
                 if row.id > first_id and seen.get(row.id) != row.status:
                     seen[row.id] = row.status
                     print(console.plain_line(row), file=sys.stdout, flush=True)
-            await trio.sleep(REFRESH_SECONDS)
+            await anyio.sleep(REFRESH_SECONDS)

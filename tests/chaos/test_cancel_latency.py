@@ -7,9 +7,9 @@ import operator
 import time
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
-import trio
 
 from notifyworker.tasks import Registry
 from tests.helpers import Numbered, eventually, fast_settings, running_worker, scalar
@@ -20,14 +20,14 @@ JOBS = 50
 async def test_cancel_reaches_running_handlers(
     database_url: str, conn: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    started: dict[int, trio.Event] = {}
+    started: dict[int, anyio.Event] = {}
     stopped_at: dict[int, float] = {}
     registry = Registry()
 
     async def hang(payload: Numbered) -> None:
-        started.setdefault(payload.n, trio.Event()).set()
+        started.setdefault(payload.n, anyio.Event()).set()
         try:
-            await trio.sleep_forever()
+            await anyio.sleep_forever()
         finally:
             stopped_at[payload.n] = time.perf_counter()
 
@@ -44,8 +44,8 @@ async def test_cancel_reaches_running_handlers(
             for n in range(JOBS)
         }
         for n in jobs:
-            with trio.fail_after(10):
-                await started.setdefault(n, trio.Event()).wait()
+            with anyio.fail_after(10):
+                await started.setdefault(n, anyio.Event()).wait()
         for n, job in jobs.items():
             asked = time.perf_counter()
             assert scalar(conn, "SELECT notifyworker.cancel(%s)", job) == "cancelled"

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
-import trio
 
 from tests.chaos.conftest import PrivateServer
 from tests.chaos.harness import (
@@ -154,7 +154,7 @@ async def test_restart_postgres(private_server: PrivateServer, report: Report) -
         with psycopg.connect(private_server.url) as conn:
             fault_at = db_now(conn)
         private_server.stop()
-        await trio.sleep(2.0)  # the outage: the workers must ride it out, not exit
+        await anyio.sleep(2.0)  # the outage: the workers must ride it out, not exit
         assert [w.process.poll() for w in fleet.workers] == [None, None]
         private_server.start()
         with psycopg.connect(private_server.url, autocommit=True) as conn:

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
-import trio
 
 from tests.chaos.harness import Fleet, audit, db_now, prepare, until_workers
 from tests.helpers import eventually, scalar
@@ -101,7 +101,7 @@ class QueuedWatch:
                         + "; ".join(self.stranded)
                         + f". All jobs by status: {by_status(conn)}"
                     )
-                await trio.sleep(0.2)
+                await anyio.sleep(0.2)
 
     def sample(self, conn: psycopg.Connection[Any]) -> None:
         rows = conn.execute(
@@ -159,7 +159,7 @@ async def until_final(conn: psycopg.Connection[Any], ids: list[int], within: flo
             ),
             within=within,
         )
-    except trio.TooSlowError:
+    except TimeoutError:
         raise AssertionError(
             f"not every job final within {within:.1f}s: {by_status(conn)}"
         ) from None
@@ -226,12 +226,12 @@ async def test_jobs_that_time_out_are_retried_to_the_end_on_two_workers(
     )
     await until_workers(conn, 2)
     watch = QueuedWatch(database_url, fleet.alive)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         nursery.start_soon(watch.run)
-        inserted = trio.current_time()
+        inserted = anyio.current_time()
         ids = prepare(conn, jobs, seconds=HANGS, max_attempts=attempts, timeout=timeout)
         await until_final(conn, ids, final_within)
-        took = trio.current_time() - inserted
+        took = anyio.current_time() - inserted
         nursery.cancel_scope.cancel()
     ended = scalar(
         conn,
@@ -276,7 +276,7 @@ async def kill_the_holder(
     victims = [job_id for job_id, pid in holders.items() if pid == victim]
     (survivor,) = fleet.alive() - {victim}
     fault_at = db_now(conn)
-    killed = trio.current_time()
+    killed = anyio.current_time()
     next(w for w in fleet.workers if w.pid == victim).process.send_signal(signal.SIGKILL)
 
     def rerun() -> bool:
@@ -290,12 +290,12 @@ async def kill_the_holder(
 
     try:
         await eventually(rerun, within=within)
-    except trio.TooSlowError:
+    except TimeoutError:
         raise AssertionError(
             f"the dead worker's {len(victims)} job(s) not running again (attempt {attempt + 1})"
             f" on the survivor within {within:.1f}s of the kill: {by_status(conn)}"
         ) from None
-    return Kill(victim, victims, fault_at, trio.current_time() - killed)
+    return Kill(victim, victims, fault_at, anyio.current_time() - killed)
 
 
 def rerun_within(attempt: int) -> float:
@@ -349,7 +349,7 @@ async def test_sigkill_a_worker_whose_jobs_have_retries_left(
     fleet.start(2)
     await until_workers(conn, 2)
     watch = QueuedWatch(database_url, fleet.alive)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         nursery.start_soon(watch.run)
         ids = prepare(conn, jobs, seconds=seconds, max_attempts=attempts, timeout=job_timeout)
         # The first attempt starts at once; a retry after a timeout, at most
@@ -425,7 +425,7 @@ async def test_sigkill_a_worker_while_jobs_time_out_on_both(
     fleet.start(2)
     await until_workers(conn, 2)
     watch = QueuedWatch(database_url, fleet.alive)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         nursery.start_soon(watch.run)
         long_ids = prepare(conn, long_jobs, seconds=60.0, max_attempts=attempts, timeout=120.0)
         hang_ids = prepare(
