@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
+import anyio
 import psycopg
-import trio
 
 from notifyworker.db import DirectStatement
 
@@ -46,4 +46,4 @@ def claim_latencies(dsn: str, done: int, waiting: int, claims: int) -> list[floa
         claim.close()
         return timings
 
-    return trio.run(measure)
+    return anyio.run(measure, backend="trio")

@@ -51,11 +51,34 @@ class Config:
 
 NW_C100 = Config("notifyworker (concurrency 100)", "nw", {"concurrency": 100, "rate": 0})
 NW_C10 = Config("notifyworker (concurrency 10, default)", "nw", {"concurrency": 10, "rate": 0})
+NW_C100_ASYNCIO = Config(
+    "notifyworker on asyncio (concurrency 100)",
+    "nw",
+    {"concurrency": 100, "rate": 0, "backend": "asyncio"},
+)
+NW_C100_UVLOOP = Config(
+    "notifyworker on asyncio + uvloop (concurrency 100)",
+    "nw",
+    {"concurrency": 100, "rate": 0, "backend": "asyncio", "uvloop": True},
+)
+NW_C10_ASYNCIO = Config(
+    "notifyworker on asyncio (concurrency 10)",
+    "nw",
+    {"concurrency": 10, "rate": 0, "backend": "asyncio"},
+)
+NW_C10_UVLOOP = Config(
+    "notifyworker on asyncio + uvloop (concurrency 10)",
+    "nw",
+    {"concurrency": 10, "rate": 0, "backend": "asyncio", "uvloop": True},
+)
 PGQ_B10 = Config("PgQueuer 1.6 asyncpg (batch 10)", "pgq", {"batch_size": 10})
 PGQ_B100 = Config("PgQueuer 1.6 asyncpg (batch 100)", "pgq", {"batch_size": 100})
 PROC_C10 = Config("Procrastinate (concurrency 10)", "procrastinate", {"concurrency": 10})
-DRAIN_CONFIGS = [NW_C100, NW_C10, PGQ_B10, PGQ_B100, PROC_C10]
-PICKUP_CONFIGS = [NW_C10, PGQ_B10, PROC_C10]
+DRAIN_CONFIGS = [
+    NW_C100, NW_C100_ASYNCIO, NW_C100_UVLOOP, NW_C10, NW_C10_ASYNCIO, NW_C10_UVLOOP,
+    PGQ_B10, PGQ_B100, PROC_C10,
+]  # fmt: skip
+PICKUP_CONFIGS = [NW_C10, NW_C10_ASYNCIO, NW_C10_UVLOOP, PGQ_B10, PROC_C10]
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def _dump(out: str, extra: dict[str, Any] | None = None) -> None:
 
 
 def nw_worker(dsn: str, out: str, opts: dict[str, Any]) -> None:
-    import trio
+    import anyio
 
     from notifyworker.config import Settings
     from notifyworker.logs import configure
@@ -69,17 +69,19 @@ def nw_worker(dsn: str, out: str, opts: dict[str, Any]) -> None:
 
     async def main() -> None:
         worker = Worker(settings, registry)
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tasks:
 
-            async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            async def run(task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
                 await worker.run(task_status=task_status)
-                nursery.cancel_scope.cancel()
+                tasks.cancel_scope.cancel()
 
-            nursery.start_soon(stop_on_signals, worker)
-            await nursery.start(run)
+            tasks.start_soon(stop_on_signals, worker)
+            await tasks.start(run)
             _ready()
 
-    trio.run(main)
+    backend = opts.get("backend", "trio")
+    options = {"use_uvloop": opts.get("uvloop", False)} if backend == "asyncio" else {}
+    anyio.run(main, backend=backend, backend_options=options)
     _dump(out)
 
 

@@ -44,7 +44,7 @@ class Retrying:
     def __init__(self, what: str, first: float = FIRST_DELAY, cap: float = MAX_DELAY) -> None:
         self.what = what
         self._backoff = Backoff(first, cap)
-        # When the current run of failures began (trio's clock); None while all is well.
+        # When the current run of failures began (the event loop's clock); None while all is well.
         self.failing_since: float | None = None
         self.last_error = ""
 

@@ -128,7 +128,7 @@ class Claimer:
         self._demand.claimed(asked, len(jobs), generation)
         for job in jobs:
             # Start tickets are drawn here, in claim order, so the oldest job
-            # starts first whichever consumer trio happens to run first. The
+            # starts first whichever consumer the loop happens to run first. The
             # channel is never full: claims fit the free slots.
             send.send_nowait(self._inflight.claimed(job, self._limiter.ticket()))
 

@@ -203,10 +203,10 @@ async def _run_worker(settings: Settings) -> None:
     from notifyworker.service import Worker, stop_on_signals  # noqa: PLC0415
 
     worker = Worker(settings, registry)
-    async with anyio.create_task_group() as nursery:
-        nursery.start_soon(stop_on_signals, worker)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(stop_on_signals, worker)
         await worker.run()
-        nursery.cancel_scope.cancel()
+        tasks.cancel_scope.cancel()
 
 
 @app.command()

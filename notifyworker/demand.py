@@ -1,6 +1,6 @@
 """Demand: when the claimer should look at the table again, told without locks.
 
-All of it lives on the trio thread: plain attributes, no checkpoint between a
+All of it lives on the event loop's thread: plain attributes, no checkpoint between a
 read and its write, so there is nothing to race.
 """
 
@@ -30,7 +30,7 @@ class Demand:
         self.more_waiting = True
         self._generation = 0
         self._wake = anyio.Event()
-        # When the retries this worker scheduled fall due (trio's clock), soonest first.
+        # When the retries this worker scheduled fall due (the event loop's clock), soonest first.
         self._due: list[float] = []
 
     def work_arrived(self, *, wake: bool = True) -> None:

@@ -33,7 +33,7 @@ from notifyworker.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# A part's readiness check: given trio's clock and how long a part may be
+# A part's readiness check: given the event loop's clock and how long a part may be
 # silent, why the worker cannot do its work, or None when it can.
 Check = Callable[[float, float], str | None]
 

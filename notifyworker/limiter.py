@@ -5,7 +5,7 @@ burst, which is exactly what a database that hosts the queue cannot absorb.
 Starts are granted in ticket order (the claim order, so the oldest job starts
 first), at slots 1/rate apart:
 
-- slots are absolute deadlines on trio's clock, so the rate never drifts;
+- slots are absolute deadlines on the event loop's clock, so the rate never drifts;
 - a grant up to CATCH_UP late keeps the schedule (the event loop's timer
   ticks in whole milliseconds, which at 2,000/s is two slots); later than
   that, the schedule re-anchors at now: after idling there is no credit;

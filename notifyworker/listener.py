@@ -70,7 +70,7 @@ async def listen(
 ) -> NoReturn:
     """LISTEN, report started only then, and turn notifications into wake-ups.
 
-    A failure to connect the first time surfaces from `nursery.start`; later
+    A failure to connect the first time surfaces from `TaskGroup.start`; later
     drops reconnect with backoff, and every reconnect counts as work arrived
     and calls `on_reconnect`, since notifications sent while disconnected
     (cancels too) are gone. A listener that has heard nothing for

@@ -46,7 +46,7 @@ WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
 
 
 class Buckets:
-    """A histogram's counts, kept without locks: every hook runs on the trio thread."""
+    """A histogram's counts, kept without locks: every hook runs on the event loop's thread."""
 
     __slots__ = ("bounds", "counts", "total")
 

@@ -72,7 +72,7 @@ class Recorder:
         self._inflight = inflight
         # Since when outcomes have failed to reach the table (readiness reads it).
         self.retrying = Retrying("recording outcomes")
-        # When the write in progress began (trio's clock): a write stuck on a
+        # When the write in progress began (the event loop's clock): a write stuck on a
         # lock is as bad for readiness as one that fails.
         self.writing_since: float | None = None
         self._starts: dict[JobId, StartMark] = {}

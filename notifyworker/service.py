@@ -1,12 +1,12 @@
-"""The worker: the composition root that owns every task in one nursery tree.
+"""The worker: the composition root that owns every task in one tree of task groups.
 
-    root nursery
+    root task group
     ├── health server, job counts      (/livez, /readyz, /metrics; until the very end)
     ├── heartbeat                      (until the very end)
-    └── watchers nursery               (listener, sweeper, recorder, ownership checks,
-        │                               deadline watch, grace timer)
-        └── consumers nursery          (`concurrency` consumers)
-            └── claiming nursery       (the claimer)
+    └── watchers task group            (listener, sweeper, recorder, ownership checks,
+        │                               deadline watch, grace timer, loop watch)
+        └── consumers task group       (`concurrency` consumers)
+            └── claiming task group    (the claimer)
 
 Joining the fleet and leaving it are `startup`'s; readiness is asked of the
 parts (`health.Readiness`), and the metrics read them (`gauges`): this module
@@ -39,6 +39,7 @@ from notifyworker.heartbeat import beat_forever
 from notifyworker.inflight import Held, InFlight, Stage
 from notifyworker.limiter import FixedIntervalLimiter
 from notifyworker.listener import deaf, listen
+from notifyworker.loopwatch import LoopWatch
 from notifyworker.metrics import Metrics, refresh_job_counts
 from notifyworker.models import RetryPolicy, WorkerId
 from notifyworker.ownership import Ownership
@@ -153,11 +154,17 @@ class Worker:
             metrics=self.metrics,
         )
         listener = ListenConnection(db.url)
+        loopwatch = LoopWatch(inflight)
         self.readiness.watch(deaf(listener), silent(db), recorder.stalled, sweeper.stalled)
         self.metrics.readings.watch(
             listener=listener, recorder=recorder, sweeper=sweeper, slots=demand,
             limiter=self.limiter, concurrency=settings.concurrency,
         )  # fmt: skip
+        self.metrics.readings.counter(
+            "notifyworker_event_loop_stalls",
+            "Times the event loop was blocked (by a handler's blocking call) for over a second.",
+            lambda: loopwatch.stalls,
+        )
         # Room for every job the claimer may hold (it claims no more than the free
         # slots), so handing a batch over never blocks and costs no task switch.
         send, recv = anyio.create_memory_object_stream[Held](settings.concurrency)
@@ -178,6 +185,7 @@ class Worker:
                 watchers.start_soon(ownership.check_forever)
                 watchers.start_soon(watch_deadlines, inflight, WATCHDOG_INTERVAL)
                 watchers.start_soon(self._grace_timer)
+                watchers.start_soon(loopwatch.run)
                 async with anyio.create_task_group() as consumers:
                     async with recv:
                         for _ in range(settings.concurrency):

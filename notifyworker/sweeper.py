@@ -49,7 +49,7 @@ class Sweeper:
         self._metrics = metrics
         self._demand = demand
         self.retrying = Retrying("sweep", cap=interval)
-        # Seconds since the fleet last swept, as of `seen_at` (trio's clock).
+        # Seconds since the fleet last swept, as of `seen_at` (the event loop's clock).
         self._age = 0.0
         self._seen_at = anyio.current_time()
 

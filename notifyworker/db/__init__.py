@@ -1,4 +1,4 @@
-"""The one seam to the database driver: psycopg 3, driven from trio.
+"""The one seam to the database driver: psycopg 3, driven from trio or asyncio.
 
 Nothing outside this package imports psycopg (an import-linter contract), and
 driver exceptions become notifyworker's own here and nowhere else. Callers

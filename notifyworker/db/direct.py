@@ -1,8 +1,9 @@
 """The claim's path with no thread: one statement through libpq's non-blocking API.
 
 A thread hop costs more than the claim itself, so the hot path's statement is
-sent with `conn.pgconn`, trio waits on the socket, and psycopg's own loaders
-turn the result into Python values. The helpers below (a named query in
+sent with `conn.pgconn`, the event loop waits on the socket (`anyio.wait_readable`,
+on trio and asyncio alike), and psycopg's own loaders turn the result into
+Python values. The helpers below (a named query in
 libpq's $n form, flushing, reading the next result) serve the listener's
 self-check too, which sends its NOTIFY the same way.
 """

@@ -1,6 +1,6 @@
 """The listener's connection: LISTEN with no thread, and a check that it still hears.
 
-A dedicated autocommit connection LISTENs; trio waits for its socket to be
+A dedicated autocommit connection LISTENs; the event loop waits for its socket to be
 readable and the listener drains `notifies(timeout=0)`. A half-open
 connection would wait forever without a word, so the listener NOTIFYs itself
 now and then (the self-check) and treats a missing echo as a lost connection.
@@ -72,7 +72,7 @@ class ListenConnection:
     async def self_check(self, token: str, limit: float) -> list[tuple[str, str]]:
         """NOTIFY ourselves on the ping channel and await the echo within `limit` seconds.
 
-        Sent through libpq's non-blocking API so trio can bound the wait: a
+        Sent through libpq's non-blocking API so the loop can bound the wait: a
         half-open connection accepts the query and never answers, and only a
         deadline tells. Returns the other notifications that arrived meanwhile.
         """

@@ -1,6 +1,6 @@
 """Connections in worker threads: one thread hop per unit of work, never per statement.
 
-psycopg's async API runs only on asyncio, so under trio every unit of work is
+psycopg's async API runs only on asyncio, so on either loop every unit of work is
 a plain function over a sync connection (a `Session`), run in a worker thread
 on a pooled connection (`Database`) or, for the CLI, on a fresh one
 (`run_once`). Every connection the service opens goes through `connect` or
@@ -140,7 +140,7 @@ class Database:
         )
         # One thread per pooled connection: more would only wait on the pool.
         self._threads = anyio.CapacityLimiter(size)
-        # When a unit of work last succeeded (trio's clock): readiness reads it
+        # When a unit of work last succeeded (the event loop's clock): readiness reads it
         # instead of sending a query of its own that could hang the probe.
         self.last_success = -math.inf
 

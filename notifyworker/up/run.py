@@ -1,4 +1,4 @@
-"""`up`'s runtime: the worker, the demo producer and the live view, in one nursery."""
+"""`up`'s runtime: the worker, the demo producer and the live view, in one task group."""
 
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ async def run_up(
         first_id = await db.run(store.last_job_id)
         worker = Worker(settings, registry)
         began = anyio.current_time()
-        async with anyio.create_task_group() as nursery:
-            nursery.start_soon(stop_on_signals, worker)
-            await nursery.start(_run_worker, worker, nursery.cancel_scope)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(stop_on_signals, worker)
+            await tasks.start(_run_worker, worker, tasks.cancel_scope)
             async with anyio.create_task_group() as demo:
                 demo.start_soon(produce_forever, db, demo_rate)
                 demo.start_soon(_view, db, first_id, out, live)
