@@ -45,4 +45,5 @@ async def worker_running(
         try:
             yield worker
         finally:
-            worker.stop()
+            if not worker.stop_requested.is_set():  # a second stop would cut the grace short
+                worker.stop()

@@ -37,8 +37,12 @@ BACKENDS = ("trio", "asyncio")
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "anyio_backend" not in metafunc.fixturenames:
         return
-    virtual = "autojump_clock" in metafunc.fixturenames
-    metafunc.parametrize("anyio_backend", ["trio"] if virtual else BACKENDS, indirect=True)
+    backends: tuple[str, ...] = BACKENDS
+    if "autojump_clock" in metafunc.fixturenames:
+        backends = ("trio",)
+    elif marker := metafunc.definition.get_closest_marker("backends"):
+        backends = marker.args
+    metafunc.parametrize("anyio_backend", backends, indirect=True)
 
 
 @pytest.fixture

@@ -1,9 +1,8 @@
-"""Shared test helpers: fast settings, a worker in a nursery, a condition wait."""
+"""Shared test helpers: fast settings, a worker in a task group, a condition wait."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -13,7 +12,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import BaseModel
 
 from notifyworker.config import Settings
-from notifyworker.service import Worker
+from notifyworker.embedding import worker_running
 from notifyworker.tasks import Registry
 
 
@@ -32,17 +31,8 @@ def fast_settings(url: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-@contextlib.asynccontextmanager
-async def running_worker(settings: Settings, registry: Registry) -> AsyncIterator[Worker]:
-    """A worker running in the background for the body; stopped gracefully after it."""
-    worker = Worker(settings, registry)
-    async with anyio.create_task_group() as nursery:
-        await nursery.start(worker.run)
-        try:
-            yield worker
-        finally:
-            if not worker.stop_requested.is_set():
-                worker.stop()
+# A worker in the background for the body, stopped gracefully after it: the embedding API.
+running_worker = worker_running
 
 
 async def eventually(check: Callable[[], bool], *, within: float = 10.0) -> None:
