@@ -144,8 +144,8 @@ async def test_an_asyncio_handler_awaits_asyncpg_and_is_cancelled_from_sql_mid_a
                 lambda: (
                     scalar(
                         conn,
-                        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep($1%%'"
-                        " AND state = 'active'",
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE query LIKE 'SELECT pg_sleep($1%%' AND state = 'active'",
                     )
                     == 0
                 )

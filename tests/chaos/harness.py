@@ -67,10 +67,11 @@ class Worker:
 class Fleet:
     """Worker processes as deployed: `notifyworker run`, one database, env settings."""
 
-    def __init__(self, url: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, url: str, env: dict[str, str] | None = None, backend: str = "trio") -> None:
         self.url = url
-        # Settings over FLEET_ENV's for every worker of this fleet (a scenario's timing).
-        self.env = dict(env or {})
+        # Settings over FLEET_ENV's for every worker of this fleet (a scenario's timing),
+        # and the event loop its workers run on: the chaos is survived on both.
+        self.env = {"NOTIFYWORKER_BACKEND": backend, **(env or {})}
         self.workers: list[Worker] = []
 
     def start(self, count: int, env: dict[str, str] | None = None) -> list[Worker]:

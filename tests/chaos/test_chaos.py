@@ -44,8 +44,8 @@ def report(capsys: pytest.CaptureFixture[str]) -> Report:
 
 
 @pytest.fixture
-def fleet(database_url: str) -> Iterator[Fleet]:
-    workers = Fleet(database_url)
+def fleet(database_url: str, anyio_backend_name: str) -> Iterator[Fleet]:
+    workers = Fleet(database_url, backend=anyio_backend_name)
     yield workers
     workers.stop_all()
 
@@ -139,9 +139,14 @@ async def test_a_long_transaction_holds_a_snapshot_while_jobs_flow(
     prove(conn, fault_at, "a long transaction holding a snapshot", report)
 
 
-async def test_restart_postgres(private_server: PrivateServer, report: Report) -> None:
-    fleet = Fleet(private_server.url)
+async def test_restart_postgres(
+    private_server: PrivateServer, report: Report, anyio_backend_name: str
+) -> None:
+    fleet = Fleet(private_server.url, backend=anyio_backend_name)
     with psycopg.connect(private_server.url, autocommit=True) as conn:
+        # One server for the module: the scenario starts from an empty table each time.
+        conn.execute("TRUNCATE notifyworker.jobs, notifyworker.workers")
+        conn.execute("DROP TABLE IF EXISTS ledger")
         prepare(conn)
         try:
             fleet.start(2)

@@ -176,8 +176,8 @@ def worker_pid(conn: psycopg.Connection[Any], job_id: int) -> int:
 
 
 @pytest.fixture
-def fleet(database_url: str) -> Iterator[Fleet]:
-    workers = Fleet(database_url, env=DEFAULTS)
+def fleet(database_url: str, anyio_backend_name: str) -> Iterator[Fleet]:
+    workers = Fleet(database_url, env=DEFAULTS, backend=anyio_backend_name)
     yield workers
     # A failed scenario leaves hour-long handlers: cancel them rather than
     # wait out the shutdown grace.
