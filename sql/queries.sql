@@ -169,7 +169,8 @@ RETURNING j.id;
 -- under the same claim: when the sweeper or a cancel decided first, its
 -- verdict stands. A job whose start mark was never flushed (it ended within
 -- one flush) gets its start here too. A retryable failure with attempts left
--- goes back to `new`, due after the backoff, keeping its last error.
+-- (notifyworker.will_retry_v1, inlined) goes back to `new`, due after the
+-- backoff, keeping its last error.
 WITH marks AS (
     SELECT *
     FROM unnest(
@@ -177,15 +178,16 @@ WITH marks AS (
         %(retryable)s::boolean[], %(started_at)s::timestamptz[],
         %(finished_at)s::timestamptz[], %(results)s::jsonb[], %(errors)s::text[]
     ) AS m (id, queued_at, status, retryable, started_at, finished_at, result, error)
-), settled AS (
-    SELECT m.*,
+), counted AS (
+    SELECT m.*, j.max_attempts,
            j.attempts + (j.status = 'queued' AND m.started_at IS NOT NULL)::integer AS attempts,
-           CASE WHEN j.status = 'queued' THEN m.started_at ELSE j.started_at END AS began_at,
-           m.status <> 'done' AND m.retryable
-               AND j.attempts + (j.status = 'queued' AND m.started_at IS NOT NULL)::integer
-                   < j.max_attempts AS retry
+           CASE WHEN j.status = 'queued' THEN m.started_at ELSE j.started_at END AS began_at
     FROM marks AS m
     JOIN notifyworker.jobs AS j ON j.id = m.id
+), settled AS (
+    SELECT c.*, notifyworker.will_retry_v1(c.status, c.retryable, c.attempts, c.max_attempts)
+               AS retry
+    FROM counted AS c
 )
 UPDATE notifyworker.jobs AS j
 SET status = CASE WHEN s.retry THEN 'new' ELSE s.status END,
@@ -260,12 +262,15 @@ FROM notifyworker.sweeper;
 UPDATE notifyworker.sweeper SET swept_at = clock_timestamp(), swept_by = %(worker_id)s;
 
 -- sweep_overdue --
--- Running jobs past their own deadline (bounded batch): retried after the
--- backoff while attempts remain, else cancelled; their worker hears of it
--- through NOTIFY and cancels the handler. In an UPDATE every expression sees
--- the row as it was, so all the CASEs agree on `retry`.
+-- Running jobs past their own deadline (bounded batch): killed
+-- (notifyworker.kill_running_v1: retried after the backoff while attempts
+-- remain, else cancelled); their worker hears of it through NOTIFY and
+-- cancels the handler.
 WITH overdue AS (
-    SELECT id FROM notifyworker.jobs
+    SELECT id,
+           'timed out (found by the sweeper): still running after its timeout of '
+               || timeout::text AS reason
+    FROM notifyworker.jobs
     -- Compared as seconds, so no row's values can overflow the arithmetic.
     WHERE status = 'running'
       AND extract(epoch FROM clock_timestamp() - started_at) > extract(epoch FROM timeout)
@@ -273,24 +278,10 @@ WITH overdue AS (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), settled AS (
-    UPDATE notifyworker.jobs AS j
-    SET status = CASE WHEN j.attempts < j.max_attempts THEN 'new' ELSE 'cancelled' END,
-        run_at = CASE
-            WHEN j.attempts < j.max_attempts
-            THEN clock_timestamp() + notifyworker.retry_delay(
-                j.attempts, %(retry_backoff)s, %(retry_backoff_max)s)
-            ELSE j.run_at END,
-        worker_id = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE j.worker_id END,
-        queued_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE j.queued_at END,
-        started_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE j.started_at END,
-        finished_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE clock_timestamp() END,
-        cancelled_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE clock_timestamp() END,
-        error = 'timed out (found by the sweeper): still running after its timeout of '
-            || j.timeout::text
-            || ' (attempt ' || j.attempts || ' of ' || j.max_attempts || ')'
-    FROM overdue
-    WHERE j.id = overdue.id
-    RETURNING j.id, j.status, j.run_at
+    SELECT killed.*
+    FROM (SELECT array_agg(id) AS ids, array_agg(reason) AS reasons FROM overdue) AS o,
+         notifyworker.kill_running_v1(o.ids, o.reasons, %(retry_backoff)s, %(retry_backoff_max)s)
+             AS killed
 )
 SELECT id, status,
        CASE WHEN status = 'new' THEN extract(epoch FROM run_at - clock_timestamp())::float8 END
@@ -316,28 +307,21 @@ UNION
 -- A dead worker's queued jobs never started, so they go back to the queue
 -- with no attempt spent (but a lost claim counted: after %(lost_claims_limit)s
 -- the job is cancelled, as one that may be killing its workers). Its running
--- jobs count the attempt: retried after the backoff while attempts remain,
--- else cancelled, saying why.
+-- jobs are killed (notifyworker.kill_running_v1: the attempt counts; retried
+-- after the backoff while attempts remain, else cancelled, saying why).
 WITH requeued AS (
     SELECT id, status
     FROM notifyworker.take_back_unstarted(%(worker_id)s, '{}', %(lost_claims_limit)s)
+), running AS (
+    SELECT id, 'worker ' || worker_id || ' stopped heart-beating while the job ran' AS reason
+    FROM notifyworker.jobs
+    WHERE worker_id = %(worker_id)s AND status = 'running'
+    FOR UPDATE
 ), rescued AS (
-    UPDATE notifyworker.jobs AS j
-    SET status = CASE WHEN j.attempts < j.max_attempts THEN 'new' ELSE 'cancelled' END,
-        run_at = CASE
-            WHEN j.attempts < j.max_attempts
-            THEN clock_timestamp() + notifyworker.retry_delay(
-                j.attempts, %(retry_backoff)s, %(retry_backoff_max)s)
-            ELSE j.run_at END,
-        worker_id = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE j.worker_id END,
-        queued_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE j.queued_at END,
-        started_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE j.started_at END,
-        finished_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE clock_timestamp() END,
-        cancelled_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE clock_timestamp() END,
-        error = 'worker ' || j.worker_id || ' stopped heart-beating while the job ran'
-            || ' (attempt ' || j.attempts || ' of ' || j.max_attempts || ')'
-    WHERE j.worker_id = %(worker_id)s AND j.status = 'running'
-    RETURNING j.id, j.status, j.run_at
+    SELECT killed.*
+    FROM (SELECT array_agg(id) AS ids, array_agg(reason) AS reasons FROM running) AS r,
+         notifyworker.kill_running_v1(r.ids, r.reasons, %(retry_backoff)s, %(retry_backoff_max)s)
+             AS killed
 ), removed AS (
     DELETE FROM notifyworker.workers WHERE id = %(worker_id)s
 )

@@ -15,7 +15,7 @@ import pytest
 
 from notifyworker import db, sqlfiles, store
 from notifyworker.errors import RowRejected
-from notifyworker.models import MAX_RATE, MIN_RATE
+from notifyworker.models import FINAL_STATUSES, MAX_RATE, MIN_RATE, Outcome, will_retry
 from tests.helpers import scalar
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,3 +149,20 @@ def test_rate_bounds_migration_copes_with_a_row_already_there(
     assert db.run_once(database_url, store.get_rate) == kept
     with pytest.raises(psycopg.errors.CheckViolation, match="rate_in_bounds"):
         conn.execute("INSERT INTO notifyworker.settings (name, value) VALUES ('rate', 'NaN')")
+
+
+def test_the_retry_rule_has_one_python_twin(conn: psycopg.Connection[Any]) -> None:
+    """models.will_retry (the log line) says what notifyworker.will_retry_v1 decides."""
+    for status in FINAL_STATUSES:
+        for retryable in (False, True):
+            for attempts, max_attempts in ((0, 1), (1, 1), (1, 2), (2, 2), (3, 2)):
+                decided = scalar(
+                    conn,
+                    "SELECT notifyworker.will_retry_v1(%s, %s, %s, %s)",
+                    status,
+                    retryable,
+                    attempts,
+                    max_attempts,
+                )
+                outcome = Outcome(status, retryable=retryable)
+                assert will_retry(outcome, attempts, max_attempts) is decided, outcome
