@@ -14,7 +14,7 @@ import psycopg.errors
 import pytest
 
 from notifyworker import db, sqlfiles, store
-from notifyworker.errors import RowRejected
+from notifyworker.errors import NotifyWorkerError, RowRejected
 from notifyworker.models import FINAL_STATUSES, MAX_RATE, MIN_RATE, Outcome, will_retry
 from tests.helpers import scalar
 
@@ -107,6 +107,19 @@ def test_every_named_query_exists_and_is_used() -> None:
     defined = set(sqlfiles.queries())
     assert called - defined == set()
     assert defined - literals == set()
+
+
+def test_queries_come_in_one_file_per_sender() -> None:
+    assert set(sqlfiles.query_files()) == {"service.sql", "sweeper.sql", "admin.sql"}
+    assert all(sqlfiles.query_files().values())
+
+
+def test_a_query_name_in_two_files_is_refused() -> None:
+    files = {"service.sql": {"claim": "SELECT 1"}, "admin.sql": {"claim": "SELECT 2"}}
+    with pytest.raises(
+        NotifyWorkerError, match=r"'claim' is defined in both service\.sql and admin\.sql"
+    ):
+        sqlfiles.merge_queries(files)
 
 
 def test_query_file_parser() -> None:

@@ -1,28 +1,38 @@
--- Every statement notifyworker runs, as named blocks: "-- name --", then
--- "-- " description lines, then the statement. Parameters are psycopg's
--- %(name)s placeholders; nothing here is ever built from strings.
+-- What a running worker sends, as the role notifyworker_worker: every
+-- statement here must run with that role's grants (tests/test_roles.py).
+-- Named blocks: "-- name --", then "-- " description lines, then the statement.
+-- Parameters are psycopg's %(name)s placeholders; nothing here is ever built
+-- from strings. The sweeper's statements are in sweeper.sql, the operator's in
+-- admin.sql; one name is defined in one file only.
 
--- migrate_lock --
--- Serialises concurrent `notifyworker migrate` runs (several replicas
--- starting at once); released with the transaction.
-SELECT pg_advisory_xact_lock(hashtext('notifyworker.migrate'));
+-- === Start-up: the session, the schema, the registry ===
 
--- migrate_bookkeeping --
--- The record of applied migration files; created before the first one runs.
-CREATE SCHEMA IF NOT EXISTS notifyworker;
-CREATE TABLE IF NOT EXISTS notifyworker.migrations (
-    version    integer PRIMARY KEY,
-    name       text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
-);
+-- session_settings --
+-- What the service's own sessions depend on, whatever the database or role
+-- defaults say (a 1 ms statement_timeout, serializable by default, another
+-- DateStyle): statements that end, lock waits that end, a frozen worker's
+-- open transaction that cannot hold locks for long, read committed for SKIP
+-- LOCKED, and the text formats the driver reads.
+SET statement_timeout = '30s';
+SET lock_timeout = '10s';
+SET idle_in_transaction_session_timeout = '10s';
+SET default_transaction_isolation = 'read committed';
+SET default_transaction_read_only = off;
+SET DateStyle = 'ISO, MDY';
+SET IntervalStyle = 'postgres';
 
 -- applied_migrations --
--- Versions already applied, so migrate only runs what is new.
+-- Versions already applied: migrate runs only what is new, and a worker
+-- starts only once none is pending (so the worker role reads them too).
 SELECT version FROM notifyworker.migrations ORDER BY version;
 
--- record_migration --
--- Marks one migration file applied, in the same transaction that ran it.
-INSERT INTO notifyworker.migrations (version, name) VALUES (%(version)s, %(name)s);
+-- register_worker --
+-- Enters this process in the registry the sweeper reads; again, after a
+-- sweeper declared it dead (its row was removed, its jobs rescued).
+INSERT INTO notifyworker.workers (id, host, pid) VALUES (%(worker_id)s, %(host)s, %(pid)s)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp();
+
+-- === The listener ===
 
 -- listen_jobs --
 -- New jobs: the insert trigger and requeues notify here.
@@ -43,25 +53,7 @@ LISTEN notifyworker_ping;
 -- connection (a silently dropped peer) never would.
 SELECT pg_notify('notifyworker_ping', %(token)s);
 
--- register_worker --
--- Enters this process in the registry the sweeper reads; again, after a
--- sweeper declared it dead (its row was removed, its jobs rescued).
-INSERT INTO notifyworker.workers (id, host, pid) VALUES (%(worker_id)s, %(host)s, %(pid)s)
-ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp();
-
--- session_settings --
--- What the service's own sessions depend on, whatever the database or role
--- defaults say (a 1 ms statement_timeout, serializable by default, another
--- DateStyle): statements that end, lock waits that end, a frozen worker's
--- open transaction that cannot hold locks for long, read committed for SKIP
--- LOCKED, and the text formats the driver reads.
-SET statement_timeout = '30s';
-SET lock_timeout = '10s';
-SET idle_in_transaction_session_timeout = '10s';
-SET default_transaction_isolation = 'read committed';
-SET default_transaction_read_only = off;
-SET DateStyle = 'ISO, MDY';
-SET IntervalStyle = 'postgres';
+-- === Liveness and the rate ===
 
 -- heartbeat --
 -- Proves this worker alive, and brings back the rate set with `notifyworker
@@ -70,19 +62,6 @@ SET IntervalStyle = 'postgres';
 UPDATE notifyworker.workers SET heartbeat_at = clock_timestamp()
 WHERE id = %(worker_id)s
 RETURNING id, (SELECT value FROM notifyworker.settings WHERE name = 'rate') AS rate;
-
--- set_rate --
--- What `notifyworker rate N` runs; workers pick it up with their next heartbeat.
-INSERT INTO notifyworker.settings (name, value) VALUES ('rate', %(rate)s)
-ON CONFLICT (name) DO UPDATE SET value = excluded.value;
-
--- reset_rate --
--- What `notifyworker rate --reset` runs: each worker goes back to its own rate.
-DELETE FROM notifyworker.settings WHERE name = 'rate';
-
--- get_rate --
--- The rate set cluster-wide, if any.
-SELECT value FROM notifyworker.settings WHERE name = 'rate';
 
 -- unregister_worker --
 -- A clean exit leaves nothing for the sweeper to rescue: the row goes. A
@@ -101,6 +80,8 @@ WITH left_behind AS (
     WHERE id = %(worker_id)s AND (SELECT left_jobs FROM left_behind)
 )
 SELECT left_jobs FROM left_behind;
+
+-- === The hot path: the claim and the marks ===
 
 -- claim --
 -- Takes up to %(limit)s due jobs, earliest first, for one worker.
@@ -211,6 +192,8 @@ RETURNING j.id, j.status,
           CASE WHEN s.retry THEN extract(epoch FROM j.run_at - clock_timestamp())::float8 END
               AS retry_in;
 
+-- === What this worker holds ===
+
 -- release_lost_claims --
 -- After a claim whose answer never came (the connection dropped around its
 -- commit), and every few seconds anyway: jobs the table says this worker
@@ -247,133 +230,7 @@ RETURNING id;
 -- Wakes every worker to claim, after jobs went back to the queue.
 SELECT pg_notify('notifyworker_jobs', %(reason)s);
 
--- sweep_lease --
--- One sweeper acts at a time across all replicas; the others skip the round
--- rather than wait. A row lock, released with the transaction, on a table
--- only the worker role may lock (an advisory lock would let any role that
--- can connect switch every sweeper off). The age of the last sweep comes
--- back either way, so a fleet whose sweeper is stuck can say so.
-SELECT extract(epoch FROM clock_timestamp() - swept_at)::float8 AS age,
-       EXISTS (SELECT FROM notifyworker.sweeper FOR UPDATE SKIP LOCKED) AS acquired
-FROM notifyworker.sweeper;
-
--- sweep_done --
--- The round is over: when, and by whom.
-UPDATE notifyworker.sweeper SET swept_at = clock_timestamp(), swept_by = %(worker_id)s;
-
--- sweep_overdue --
--- Running jobs past their own deadline (bounded batch): killed
--- (notifyworker.kill_running_v1: retried after the backoff while attempts
--- remain, else cancelled); their worker hears of it through NOTIFY and
--- cancels the handler.
-WITH overdue AS (
-    SELECT id,
-           'timed out (found by the sweeper): still running after its timeout of '
-               || timeout::text AS reason
-    FROM notifyworker.jobs
-    -- Compared as seconds, so no row's values can overflow the arithmetic.
-    WHERE status = 'running'
-      AND extract(epoch FROM clock_timestamp() - started_at) > extract(epoch FROM timeout)
-    ORDER BY id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), settled AS (
-    SELECT killed.*
-    FROM (SELECT array_agg(id) AS ids, array_agg(reason) AS reasons FROM overdue) AS o,
-         notifyworker.kill_running_v1(o.ids, o.reasons, %(retry_backoff)s, %(retry_backoff_max)s)
-             AS killed
-)
-SELECT id, status,
-       CASE WHEN status = 'new' THEN extract(epoch FROM run_at - clock_timestamp())::float8 END
-           AS retry_in,
-       pg_notify('notifyworker_cancel', id::text)
-FROM settled;
-
--- dead_workers --
--- Workers whose heartbeat stopped, and workers with no row at all that
--- still hold jobs (their row was deleted by hand, say): their jobs get
--- rescued. The second half reads only the active rows (jobs_on_worker).
-(SELECT id FROM notifyworker.workers
- WHERE heartbeat_at < clock_timestamp() - %(dead_after)s::interval
- ORDER BY heartbeat_at
- LIMIT %(limit)s)
-UNION
-(SELECT DISTINCT j.worker_id FROM notifyworker.jobs AS j
- WHERE j.status IN ('queued', 'running')
-   AND NOT EXISTS (SELECT FROM notifyworker.workers AS w WHERE w.id = j.worker_id)
- LIMIT %(limit)s);
-
--- rescue_dead_worker --
--- A dead worker's queued jobs never started, so they go back to the queue
--- with no attempt spent (but a lost claim counted: after %(lost_claims_limit)s
--- the job is cancelled, as one that may be killing its workers). Its running
--- jobs are killed (notifyworker.kill_running_v1: the attempt counts; retried
--- after the backoff while attempts remain, else cancelled, saying why).
-WITH requeued AS (
-    SELECT id, status
-    FROM notifyworker.take_back_unstarted(%(worker_id)s, '{}', %(lost_claims_limit)s)
-), running AS (
-    SELECT id, 'worker ' || worker_id || ' stopped heart-beating while the job ran' AS reason
-    FROM notifyworker.jobs
-    WHERE worker_id = %(worker_id)s AND status = 'running'
-    FOR UPDATE
-), rescued AS (
-    SELECT killed.*
-    FROM (SELECT array_agg(id) AS ids, array_agg(reason) AS reasons FROM running) AS r,
-         notifyworker.kill_running_v1(r.ids, r.reasons, %(retry_backoff)s, %(retry_backoff_max)s)
-             AS killed
-), removed AS (
-    DELETE FROM notifyworker.workers WHERE id = %(worker_id)s
-)
-SELECT (SELECT count(*) FROM requeued WHERE status = 'new') AS requeued,
-       (SELECT count(*) FROM rescued WHERE status = 'new') AS retried,
-       (SELECT array_agg(extract(epoch FROM run_at - clock_timestamp())::float8)
-        FROM rescued WHERE status = 'new') AS retries_in,
-       (SELECT count(*) FROM requeued WHERE status = 'cancelled')
-           + (SELECT count(*) FROM rescued WHERE status = 'cancelled') AS cancelled;
-
--- cancel_job --
--- What `notifyworker cancel` runs: the same function applications call.
-SELECT notifyworker.cancel(%(id)s) AS status;
-
--- enqueue --
--- What `notifyworker enqueue` and the demo producer run: the same INSERT any
--- application may write, the timeout left to the column default.
-INSERT INTO notifyworker.jobs (task, payload, object_id, max_attempts)
-VALUES (%(task)s, %(payload)s, %(object_id)s, %(max_attempts)s)
-RETURNING id;
-
--- enqueue_with_timeout --
--- The same, with the job's own timeout in seconds.
-INSERT INTO notifyworker.jobs (task, payload, object_id, max_attempts, timeout)
-VALUES (%(task)s, %(payload)s, %(object_id)s, %(max_attempts)s, make_interval(secs => %(timeout)s))
-RETURNING id;
-
--- latest_jobs --
--- The classic table: the newest jobs with their whole story.
-SELECT id, task, object_id, payload, status, attempts, max_attempts, created_at, queued_at, started_at,
-       finished_at, cancelled_at, error
-FROM notifyworker.jobs
-ORDER BY id DESC
-LIMIT %(limit)s;
-
--- summary_since --
--- Counts and pickup latency (started_at - created_at) of the jobs created
--- since a given id, for `up --duration`'s closing summary.
-SELECT count(*) FILTER (WHERE status = 'done') AS done,
-       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
-       count(*) FILTER (WHERE status = 'failed') AS failed,
-       count(*) FILTER (WHERE status IN ('new', 'queued', 'running')) AS unfinished,
-       percentile_cont(0.5) WITHIN GROUP (
-           ORDER BY extract(epoch FROM started_at - created_at)) * 1000 AS pickup_p50_ms,
-       percentile_cont(0.99) WITHIN GROUP (
-           ORDER BY extract(epoch FROM started_at - created_at)) * 1000 AS pickup_p99_ms
-FROM notifyworker.jobs
-WHERE id > %(after_id)s;
-
--- last_job_id --
--- Where `up` starts counting its own jobs.
-SELECT coalesce(max(id), 0) AS id FROM notifyworker.jobs;
+-- === Metrics ===
 
 -- job_counts --
 -- The jobs-by-status gauge, cheap on a table of millions and never a count
