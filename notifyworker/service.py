@@ -25,7 +25,7 @@ import uuid
 
 import trio
 
-from notifyworker import store
+from notifyworker import schema, store
 from notifyworker.backoff import Backoff
 from notifyworker.claimer import Claimer
 from notifyworker.config import Settings
@@ -224,7 +224,7 @@ class Worker:
             while True:
                 try:
                     await db.open()
-                    pending = await db.run(store.pending_migrations)
+                    pending = await db.run(schema.pending_migrations)
                     if not pending:
                         await register(db, self.worker_id)
                         self._waiting_for = None

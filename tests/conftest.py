@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from notifyworker import db, store
+from notifyworker import db, schema
 
 TEMPLATE = f"nw_template_{os.getpid()}"
 
@@ -68,7 +68,7 @@ def template_url(server_url: str) -> Iterator[str]:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(TEMPLATE)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
     url = make_conninfo(server_url, dbname=TEMPLATE)
-    db.run_once(url, store.migrate)
+    db.run_once(url, schema.migrate)
     yield url
     with _admin(server_url) as conn:
         conn.execute(

@@ -13,7 +13,7 @@ import psycopg
 import psycopg.errors
 import pytest
 
-from notifyworker import db, sqlfiles, store
+from notifyworker import admin, db, schema, sqlfiles
 from notifyworker.errors import NotifyWorkerError, RowRejected
 from notifyworker.models import FINAL_STATUSES, MAX_RATE, MIN_RATE, Outcome, will_retry
 from tests.helpers import scalar
@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_migrate_twice_is_harmless(empty_database_url: str) -> None:
-    first = db.run_once(empty_database_url, store.migrate)
-    second = db.run_once(empty_database_url, store.migrate)
+    first = db.run_once(empty_database_url, schema.migrate)
+    second = db.run_once(empty_database_url, schema.migrate)
     assert first == [f"{m.version:04d}_{m.name}" for m in sqlfiles.migrations()]
     assert second == []
-    assert db.run_once(empty_database_url, store.pending_migrations) == []
+    assert db.run_once(empty_database_url, schema.pending_migrations) == []
 
 
 def test_migrate_from_two_processes_at_once(empty_database_url: str) -> None:
@@ -84,7 +84,7 @@ def test_missing_task_is_rejected(conn: psycopg.Connection[Any]) -> None:
 
 def test_rejection_reaches_the_cli_as_row_rejected(database_url: str) -> None:
     with pytest.raises(RowRejected, match="task_is_a_name"):
-        db.run_once(database_url, store.enqueue, "bad name", {})
+        db.run_once(database_url, admin.enqueue, "bad name", {})
 
 
 def test_trigger_notifies_once_per_statement(
@@ -141,8 +141,8 @@ def test_a_rate_the_rule_refuses_is_refused_by_a_named_constraint(
 
 @pytest.mark.parametrize("value", [0, MIN_RATE, 50, MAX_RATE])
 def test_every_rate_the_rule_accepts_is_stored(database_url: str, value: float) -> None:
-    db.run_once(database_url, store.set_rate, value)
-    assert db.run_once(database_url, store.get_rate) == value
+    db.run_once(database_url, admin.set_rate, value)
+    assert db.run_once(database_url, admin.get_rate) == value
 
 
 @pytest.mark.parametrize(("value", "kept"), [("'NaN'", None), ("1e-320", None), ("20", 20.0)])
@@ -156,10 +156,10 @@ def test_rate_bounds_migration_copes_with_a_row_already_there(
     )
     conn.execute("DELETE FROM notifyworker.migrations WHERE name = 'rate_bounds'")
     conn.execute(f"INSERT INTO notifyworker.settings (name, value) VALUES ('rate', {value})")
-    assert db.run_once(database_url, store.migrate) == [
+    assert db.run_once(database_url, schema.migrate) == [
         f"{m.version:04d}_{m.name}" for m in sqlfiles.migrations() if m.name == "rate_bounds"
     ]
-    assert db.run_once(database_url, store.get_rate) == kept
+    assert db.run_once(database_url, admin.get_rate) == kept
     with pytest.raises(psycopg.errors.CheckViolation, match="rate_in_bounds"):
         conn.execute("INSERT INTO notifyworker.settings (name, value) VALUES ('rate', 'NaN')")
 
