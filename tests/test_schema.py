@@ -1,5 +1,6 @@
-"""The schema: migrations are idempotent and concurrent-safe, constraints reject bad rows,
-the trigger notifies once per statement, and every named query is used and exists."""
+"""The schema: migrations are idempotent and concurrent-safe, sql/schema.sql builds what they
+build, constraints reject bad rows, the trigger notifies once per statement, and every named
+query is used and exists."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import pytest
 from notifyworker import admin, db, schema, sqlfiles
 from notifyworker.errors import NotifyWorkerError, RowRejected
 from notifyworker.models import FINAL_STATUSES, MAX_RATE, MIN_RATE, Outcome, will_retry
+from tests.catalog import describe, difference
 from tests.helpers import scalar
 
 ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_SQL = ROOT / "sql" / "schema.sql"
 
 
 def test_migrate_twice_is_harmless(empty_database_url: str) -> None:
@@ -27,6 +30,41 @@ def test_migrate_twice_is_harmless(empty_database_url: str) -> None:
     assert first == [f"{m.version:04d}_{m.name}" for m in sqlfiles.migrations()]
     assert second == []
     assert db.run_once(empty_database_url, schema.pending_migrations) == []
+
+
+def test_schema_sql_builds_what_the_migrations_build(
+    empty_database_url: str, other_empty_database_url: str
+) -> None:
+    """sql/schema.sql is the readable copy of migrations 0001..N: same catalog, same rows."""
+    db.run_once(empty_database_url, schema.migrate)
+    with psycopg.connect(other_empty_database_url, autocommit=True) as written:
+        written.execute(SCHEMA_SQL.read_bytes())
+        from_file = describe(written)
+    with psycopg.connect(empty_database_url) as migrated:
+        from_migrations = describe(migrated)
+    assert from_migrations, "the catalog queries found nothing"
+    diff = difference(from_migrations, from_file, "migrations 0001..N", "sql/schema.sql")
+    assert not diff, f"sql/schema.sql is not what the migrations build; update it:\n{diff}"
+
+
+def test_the_schema_comparison_sees_a_default_a_grant_a_body_and_a_comment(
+    conn: psycopg.Connection[Any],
+) -> None:
+    before = describe(conn)
+    conn.execute("ALTER TABLE notifyworker.jobs ALTER COLUMN timeout SET DEFAULT '11 seconds'")
+    conn.execute("REVOKE UPDATE (result) ON notifyworker.jobs FROM notifyworker_worker")
+    conn.execute(
+        "CREATE OR REPLACE FUNCTION notifyworker.will_retry_v1("
+        "status text, retryable boolean, attempts integer, max_attempts integer)"
+        " RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT false $$"
+    )
+    conn.execute("COMMENT ON COLUMN notifyworker.jobs.task IS 'what to run'")
+    diff = difference(before, describe(conn), "before", "after")
+    changed = [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in "+++---"]
+    assert any("jobs.timeout" in line and "00:00:11" in line for line in changed), diff
+    assert any("jobs.result: grant UPDATE to notifyworker_worker" in line for line in changed)
+    assert any("will_retry_v1" in line and "SELECT false" in line for line in changed), diff
+    assert any("comment on table column notifyworker.jobs.task" in line for line in changed)
 
 
 def test_migrate_from_two_processes_at_once(empty_database_url: str) -> None:
