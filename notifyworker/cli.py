@@ -20,7 +20,7 @@ import typer
 from pydantic import SecretStr
 from rich.console import Console
 
-from notifyworker import config, console, db, dburl, store
+from notifyworker import admin, config, console, db, dburl, schema
 from notifyworker.config import Settings
 from notifyworker.errors import ConfigError, NotifyWorkerError, SchemaOutdated
 from notifyworker.models import MAX_RATE, MIN_RATE, JobId, JobRow, rate_problem
@@ -144,7 +144,7 @@ def migrate(
     settings = _settings(
         database_url=database_url, database_url_file=database_url_file, log_level=log_level
     )
-    applied = db.run_once(settings.url(), store.migrate)
+    applied = db.run_once(settings.url(), schema.migrate)
     print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
 
 
@@ -154,7 +154,7 @@ def check(database_url: DatabaseUrl = None, database_url_file: DatabaseUrlFile =
     settings = _settings(
         database_url=database_url, database_url_file=database_url_file, log_level="WARNING"
     )
-    pending = db.run_once(settings.url(), store.pending_migrations)
+    pending = db.run_once(settings.url(), schema.pending_migrations)
     if pending:
         raise SchemaOutdated(
             f"the schema is not up to date ({len(pending)} migration(s) pending): "
@@ -242,14 +242,14 @@ def up(
     )
     with _database(settings) as url:
         settings = settings.model_copy(update={"database_url": SecretStr(url)})
-        applied = db.run_once(url, store.migrate)
+        applied = db.run_once(url, schema.migrate)
         if applied:
             log.info("applied migrations %s", ", ".join(applied))
         from notifyworker.up.run import run_up  # noqa: PLC0415
 
         first_id, seconds = trio.run(run_up, settings, registry, demo_rate, duration, out, live)
         if duration is not None:
-            summary = db.run_once(url, store.summary_since, first_id)
+            summary = db.run_once(url, admin.summary_since, first_id)
             print(console.summary_text(summary, seconds))
 
 
@@ -290,7 +290,7 @@ def enqueue(
     if not isinstance(data, dict):
         raise ConfigError("--payload must be a JSON object, like '{\"seconds\": 1}'")
     job_id = db.run_once(
-        settings.url(), store.enqueue, task, data, object_id, timeout, max_attempts
+        settings.url(), admin.enqueue, task, data, object_id, timeout, max_attempts
     )
     print(job_id)
 
@@ -305,7 +305,7 @@ def cancel(
     settings = _settings(
         database_url=database_url, database_url_file=database_url_file, log_level="WARNING"
     )
-    status = db.run_once(settings.url(), store.cancel, JobId(job_id))
+    status = db.run_once(settings.url(), admin.cancel, JobId(job_id))
     if status is None:
         raise ConfigError(f"there is no job {job_id}")
     print(status)
@@ -336,10 +336,10 @@ def rate(
     )
     url = settings.url()
     if reset:
-        db.run_once(url, store.set_rate, None)
+        db.run_once(url, admin.set_rate, None)
     elif value is not None:
-        db.run_once(url, store.set_rate, value)
-    current = db.run_once(url, store.get_rate)
+        db.run_once(url, admin.set_rate, value)
+    current = db.run_once(url, admin.get_rate)
     print("each worker's own rate" if current is None else f"{current:g} jobs/s per worker")
 
 
@@ -353,7 +353,7 @@ def jobs(
     settings = _settings(
         database_url=database_url, database_url_file=database_url_file, log_level="WARNING"
     )
-    rows: list[JobRow] = db.run_once(settings.url(), store.latest_jobs, limit)
+    rows: list[JobRow] = db.run_once(settings.url(), admin.latest_jobs, limit)
     _print_jobs(rows)
 
 
