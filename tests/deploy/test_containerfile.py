@@ -75,7 +75,7 @@ def test_build_context_holds_what_the_containerfile_copies() -> None:
     for left_out in (".venv/bin/python", ".git/HEAD", "tests/conftest.py", ".notifyworker/pg"):
         assert not in_build_context(left_out), f"the build context should not hold {left_out}"
     assert not in_build_context("notifyworker/__pycache__/cli.cpython-312.pyc")
-    assert in_build_context("notifyworker/cli.py")
+    assert in_build_context("notifyworker/cli/__init__.py")
 
 
 def test_entrypoint_and_command_match_the_manifests() -> None:
