@@ -42,7 +42,7 @@ lock *args: setup
 # The deployment files alone (also part of `just test`): the lock, the Containerfile (hadolint, and its
 # install replayed into a venv) and manifests/ (Kubernetes' schemas, as files and as kustomize renders them).
 deploy-check *args: setup
-    {{bin}}/pytest tests/test_deploy.py {{args}}
+    {{bin}}/pytest tests/deploy {{args}}
 
 # The virtual environment with the project and its dev tools; reinstalled when pyproject changes.
 setup:

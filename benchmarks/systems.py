@@ -270,9 +270,9 @@ async def fill(system: str, dsn: str, out: str, opts: dict[str, Any]) -> None:
 
 def install(system: str, dsn: str) -> None:
     if system == "nw":
-        from notifyworker import db, store
+        from notifyworker import db, schema
 
-        db.run_once(dsn, store.migrate)
+        db.run_once(dsn, schema.migrate)
     elif system == "pgq":
 
         async def pgq_install() -> None:

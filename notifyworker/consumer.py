@@ -23,7 +23,7 @@ from notifyworker.errors import InvalidPayload, TaskError
 from notifyworker.inflight import Held, InFlight, Stage
 from notifyworker.limiter import NO_TICKET, FixedIntervalLimiter
 from notifyworker.metrics import Metrics
-from notifyworker.models import ClaimedJob, Outcome, pickup_seconds
+from notifyworker.models import ClaimedJob, Outcome, pickup_seconds, will_retry
 from notifyworker.recorder import Recorder, now
 from notifyworker.tasks import Registry
 
@@ -201,7 +201,7 @@ def _log_finished(
         return
     ran = started_at is not None
     attempts = job.attempt if ran else job.attempt - 1
-    again = ran and outcome.retryable and job.attempt < job.max_attempts
+    again = will_retry(outcome, attempts, job.max_attempts)
     pickup_ms = run_ms = None
     timing = "never started"
     if started_at is not None:

@@ -192,7 +192,7 @@ class JobStats(Collector):
 
 
 class JobCounts(Collector):
-    """The jobs-by-status gauge, as of its last refresh (see `job_counts` in queries.sql)."""
+    """The jobs-by-status gauge, as of its last refresh (`job_counts`, sql/queries/service.sql)."""
 
     def __init__(self) -> None:
         self.counts: dict[JobStatus, float] = {}

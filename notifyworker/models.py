@@ -67,6 +67,16 @@ class Outcome:
     retryable: bool = False
 
 
+def will_retry(outcome: Outcome, attempts: int, max_attempts: int) -> bool:
+    """Whether the table sends the job back to `new` after this outcome.
+
+    The twin of notifyworker.will_retry_v1 (sql/migrations/0008_settle.sql),
+    which decides; this one only words the log line. `attempts` counts the
+    attempt that just ended, if it started.
+    """
+    return outcome.status != "done" and outcome.retryable and attempts < max_attempts
+
+
 @dataclass(frozen=True, slots=True)
 class StartMark:
     """A job's handler started at `at` (the worker's clock)."""

@@ -2,12 +2,15 @@
 
 Statements live in files so they can be read, reviewed and EXPLAINed as SQL;
 code names them and passes parameters, and never builds SQL from strings.
+`sql/queries/` holds one file per sender (service, sweeper, admin), so the
+roles test can hold each role to its file; a name is defined in one file only.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import LiteralString
@@ -29,7 +32,7 @@ def sql_dir() -> Path:
     """The packaged copy in a wheel, or the checkout's `sql/` in development."""
     here = Path(__file__).resolve().parent
     for candidate in (here / "sql", here.parent / "sql"):
-        if (candidate / "queries.sql").is_file():
+        if (candidate / "queries").is_dir():
             return candidate
     raise NotifyWorkerError(f"notifyworker's sql/ folder is missing next to {here}")
 
@@ -50,16 +53,40 @@ def parse_queries(text: str) -> dict[str, LiteralString]:
     return queries
 
 
+def merge_queries(files: Mapping[str, Mapping[str, LiteralString]]) -> dict[str, LiteralString]:
+    """One namespace of statements from several files; a name in two files is refused."""
+    merged: dict[str, LiteralString] = {}
+    found_in: dict[str, str] = {}
+    for file, named in files.items():
+        for name, statement in named.items():
+            if name in found_in:
+                raise NotifyWorkerError(
+                    f"query {name!r} is defined in both {found_in[name]} and {file}"
+                )
+            found_in[name] = file
+            merged[name] = statement
+    return merged
+
+
+@functools.cache
+def query_files() -> dict[str, dict[str, LiteralString]]:
+    """Each file of `sql/queries/` (service.sql, sweeper.sql, admin.sql) with its statements."""
+    return {
+        path.name: parse_queries(path.read_text(encoding="utf-8"))
+        for path in sorted((sql_dir() / "queries").glob("*.sql"))
+    }
+
+
 @functools.cache
 def queries() -> dict[str, LiteralString]:
-    return parse_queries((sql_dir() / "queries.sql").read_text(encoding="utf-8"))
+    return merge_queries(query_files())
 
 
 def query(name: str) -> LiteralString:
     try:
         return queries()[name]
     except KeyError:
-        raise NotifyWorkerError(f"no query named {name!r} in sql/queries.sql") from None
+        raise NotifyWorkerError(f"no query named {name!r} in sql/queries/") from None
 
 
 @functools.cache

@@ -14,7 +14,7 @@ import math
 
 import anyio
 
-from notifyworker import store
+from notifyworker import schema, store
 from notifyworker.backoff import Backoff
 from notifyworker.db import Database
 from notifyworker.errors import (
@@ -54,7 +54,7 @@ async def join(
         while True:
             try:
                 await db.open()
-                pending = await db.run(store.pending_migrations)
+                pending = await db.run(schema.pending_migrations)
                 if not pending:
                     await register(db, worker_id)
                     readiness.phase = "starting"

@@ -1,7 +1,9 @@
-"""The job table's operations, each one unit of work (one thread hop).
+"""The worker's units of work on the job table, each one thread hop.
 
-Each function here is sync and takes a `Session`; callers run it through
-`Database.run` (the service) or `db.run_once` (the CLI).
+What a running worker and its sweeper do (sql/queries/service.sql and
+sweeper.sql); the operator's are in `admin`, migrations in `schema`. Each
+function here is sync and takes a `Session`; the service runs it through
+`Database.run`.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from notifyworker.db import Row, Session, json_param
 from notifyworker.errors import DatabaseError
@@ -17,16 +18,13 @@ from notifyworker.models import (
     FinishMark,
     Flushed,
     JobId,
-    JobRow,
     JobStatus,
     RetryPolicy,
     StartMark,
-    Summary,
     SweepReport,
     Verdict,
     WorkerId,
 )
-from notifyworker.sqlfiles import migrations
 
 log = logging.getLogger(__name__)
 
@@ -36,31 +34,6 @@ SWEEP_BATCH = 500
 # Times a job may be taken back from workers that died before it started
 # before it is cancelled as one that may be killing them.
 LOST_CLAIMS_LIMIT = 5
-
-
-def migrate(s: Session) -> list[str]:
-    """Apply the migrations not yet applied, in one transaction; names applied.
-
-    Safe to run from several processes at once: the advisory lock makes the
-    second wait for the first, then find nothing left to do.
-    """
-    applied_now = []
-    with s.transaction():
-        s.rows("migrate_lock")
-        s.execute("migrate_bookkeeping")
-        done = {row["version"] for row in s.rows("applied_migrations")}
-        for migration in migrations():
-            if migration.version in done:
-                continue
-            s.script(migration.sql)
-            s.execute("record_migration", version=migration.version, name=migration.name)
-            applied_now.append(f"{migration.version:04d}_{migration.name}")
-    return applied_now
-
-
-def pending_migrations(s: Session) -> list[int]:
-    done = {row["version"] for row in s.rows("applied_migrations")}
-    return [m.version for m in migrations() if m.version not in done]
 
 
 def register_worker(s: Session, worker_id: WorkerId, host: str, pid: int) -> None:
@@ -76,19 +49,6 @@ class Beat:
 def heartbeat(s: Session, worker_id: WorkerId) -> Beat:
     row = s.one("heartbeat", worker_id=worker_id)
     return Beat(alive=row is not None, rate=None if row is None else row["rate"])
-
-
-def set_rate(s: Session, rate: float | None) -> None:
-    """Set the rate every worker uses, or (None) go back to each worker's own."""
-    if rate is None:
-        s.execute("reset_rate")
-    else:
-        s.execute("set_rate", rate=rate)
-
-
-def get_rate(s: Session) -> float | None:
-    row = s.one("get_rate")
-    return None if row is None else float(row["value"])
 
 
 def unregister_worker(s: Session, worker_id: WorkerId) -> bool:
@@ -247,50 +207,6 @@ def sweep(
         rescued_cancelled=cancelled,
         retries_in=tuple(retries_in),
     )
-
-
-def cancel(s: Session, job_id: JobId) -> str | None:
-    """What `notifyworker cancel` runs; the job's status afterwards (None: no such job)."""
-    row = s.one("cancel_job", id=job_id)
-    return None if row is None else row["status"]
-
-
-def enqueue(
-    s: Session,
-    task: str,
-    payload: dict[str, Any],
-    object_id: str | None = None,
-    timeout: float | None = None,
-    max_attempts: int = 1,
-) -> JobId:
-    params: dict[str, Any] = {
-        "task": task,
-        "payload": json_param(payload),
-        "object_id": object_id,
-        "max_attempts": max_attempts,
-    }
-    if timeout is None:
-        row = s.one("enqueue", **params)
-    else:
-        row = s.one("enqueue_with_timeout", timeout=timeout, **params)
-    assert row is not None
-    return JobId(row["id"])
-
-
-def latest_jobs(s: Session, limit: int) -> list[JobRow]:
-    return [JobRow(**row) for row in s.rows("latest_jobs", limit=limit)]
-
-
-def last_job_id(s: Session) -> JobId:
-    row = s.one("last_job_id")
-    assert row is not None
-    return JobId(row["id"])
-
-
-def summary_since(s: Session, after_id: JobId) -> Summary:
-    row = s.one("summary_since", after_id=after_id)
-    assert row is not None
-    return Summary(**row)
 
 
 # Waiting jobs the status gauge counts one by one; a larger backlog shows as this many.

@@ -25,7 +25,7 @@ import trio.testing
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from notifyworker import db, runtime, store
+from notifyworker import db, runtime, schema
 from notifyworker.runtime import Backend
 
 TEMPLATE = f"nw_template_{os.getpid()}"
@@ -104,7 +104,7 @@ def template_url(server_url: str) -> Iterator[str]:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(TEMPLATE)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
     url = make_conninfo(server_url, dbname=TEMPLATE)
-    db.run_once(url, store.migrate)
+    db.run_once(url, schema.migrate)
     yield url
     with _admin(server_url) as conn:
         conn.execute(
@@ -129,9 +129,7 @@ def database_url(server_url: str, template_url: str) -> Iterator[str]:
         )
 
 
-@pytest.fixture
-def empty_database_url(server_url: str) -> Iterator[str]:
-    """A database with no schema at all, for migration tests."""
+def _empty_database(server_url: str) -> Iterator[str]:
     name = f"nw_empty_{uuid.uuid4().hex[:12]}"
     with _admin(server_url) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -140,6 +138,18 @@ def empty_database_url(server_url: str) -> Iterator[str]:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+@pytest.fixture
+def empty_database_url(server_url: str) -> Iterator[str]:
+    """A database with no schema at all, for migration tests."""
+    yield from _empty_database(server_url)
+
+
+@pytest.fixture
+def other_empty_database_url(server_url: str) -> Iterator[str]:
+    """A second empty database, to compare two ways of building the schema."""
+    yield from _empty_database(server_url)
 
 
 @pytest.fixture

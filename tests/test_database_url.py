@@ -16,7 +16,7 @@ from urllib.parse import quote
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from notifyworker import config, db, dburl, store
+from notifyworker import config, db, dburl, schema
 from notifyworker.errors import NotifyWorkerError
 
 passwords = st.text(
@@ -34,7 +34,7 @@ def url_with(password: str) -> str:
 def failure(url: str) -> str:
     """The one-line message the CLI would print for this URL."""
     try:
-        db.run_once(config.load(database_url=url).url(), store.pending_migrations)
+        db.run_once(config.load(database_url=url).url(), schema.pending_migrations)
     except NotifyWorkerError as exc:
         return str(exc)
     raise AssertionError("something answered on port 1")

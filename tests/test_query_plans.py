@@ -61,3 +61,17 @@ def test_the_status_gauge_never_scans_the_table(conn: psycopg.Connection[Any]) -
     assert "jobs_waiting" in plan
     assert "jobs_on_worker" in plan
     assert "Seq Scan on jobs" not in plan
+
+
+def test_the_retry_rule_is_inlined_into_the_hot_path(conn: psycopg.Connection[Any]) -> None:
+    """mark_finished asks notifyworker.will_retry_v1 per row: inlined, it costs no call."""
+    arrays = ("ids", "queued_at", "statuses", "retryable", "started_at", "finished_at")
+    params: dict[str, Any] = {name: [] for name in (*arrays, "results", "errors")}
+    row = conn.execute(
+        ("EXPLAIN (VERBOSE, FORMAT JSON) " + query("mark_finished")).encode(),
+        {"worker_id": "w", "retry_backoff": 1.0, "retry_backoff_max": 60.0, **params},
+    ).fetchone()
+    assert row is not None
+    plan = json.dumps(row[0])
+    assert "max_attempts" in plan  # the rule's expression, in place
+    assert "will_retry" not in plan

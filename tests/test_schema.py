@@ -1,5 +1,6 @@
-"""The schema: migrations are idempotent and concurrent-safe, constraints reject bad rows,
-the trigger notifies once per statement, and every named query is used and exists."""
+"""The schema: migrations are idempotent and concurrent-safe, sql/schema.sql builds what they
+build, constraints reject bad rows, the trigger notifies once per statement, and every named
+query is used and exists."""
 
 from __future__ import annotations
 
@@ -13,20 +14,57 @@ import psycopg
 import psycopg.errors
 import pytest
 
-from notifyworker import db, sqlfiles, store
-from notifyworker.errors import RowRejected
-from notifyworker.models import MAX_RATE, MIN_RATE
+from notifyworker import admin, db, schema, sqlfiles
+from notifyworker.errors import NotifyWorkerError, RowRejected
+from notifyworker.models import FINAL_STATUSES, MAX_RATE, MIN_RATE, Outcome, will_retry
+from tests.catalog import describe, difference
 from tests.helpers import scalar
 
 ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_SQL = ROOT / "sql" / "schema.sql"
 
 
 def test_migrate_twice_is_harmless(empty_database_url: str) -> None:
-    first = db.run_once(empty_database_url, store.migrate)
-    second = db.run_once(empty_database_url, store.migrate)
+    first = db.run_once(empty_database_url, schema.migrate)
+    second = db.run_once(empty_database_url, schema.migrate)
     assert first == [f"{m.version:04d}_{m.name}" for m in sqlfiles.migrations()]
     assert second == []
-    assert db.run_once(empty_database_url, store.pending_migrations) == []
+    assert db.run_once(empty_database_url, schema.pending_migrations) == []
+
+
+def test_schema_sql_builds_what_the_migrations_build(
+    empty_database_url: str, other_empty_database_url: str
+) -> None:
+    """sql/schema.sql is the readable copy of migrations 0001..N: same catalog, same rows."""
+    db.run_once(empty_database_url, schema.migrate)
+    with psycopg.connect(other_empty_database_url, autocommit=True) as written:
+        written.execute(SCHEMA_SQL.read_bytes())
+        from_file = describe(written)
+    with psycopg.connect(empty_database_url) as migrated:
+        from_migrations = describe(migrated)
+    assert from_migrations, "the catalog queries found nothing"
+    diff = difference(from_migrations, from_file, "migrations 0001..N", "sql/schema.sql")
+    assert not diff, f"sql/schema.sql is not what the migrations build; update it:\n{diff}"
+
+
+def test_the_schema_comparison_sees_a_default_a_grant_a_body_and_a_comment(
+    conn: psycopg.Connection[Any],
+) -> None:
+    before = describe(conn)
+    conn.execute("ALTER TABLE notifyworker.jobs ALTER COLUMN timeout SET DEFAULT '11 seconds'")
+    conn.execute("REVOKE UPDATE (result) ON notifyworker.jobs FROM notifyworker_worker")
+    conn.execute(
+        "CREATE OR REPLACE FUNCTION notifyworker.will_retry_v1("
+        "status text, retryable boolean, attempts integer, max_attempts integer)"
+        " RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT false $$"
+    )
+    conn.execute("COMMENT ON COLUMN notifyworker.jobs.task IS 'what to run'")
+    diff = difference(before, describe(conn), "before", "after")
+    changed = [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in "+++---"]
+    assert any("jobs.timeout" in line and "00:00:11" in line for line in changed), diff
+    assert any("jobs.result: grant UPDATE to notifyworker_worker" in line for line in changed)
+    assert any("will_retry_v1" in line and "SELECT false" in line for line in changed), diff
+    assert any("comment on table column notifyworker.jobs.task" in line for line in changed)
 
 
 def test_migrate_from_two_processes_at_once(empty_database_url: str) -> None:
@@ -84,7 +122,7 @@ def test_missing_task_is_rejected(conn: psycopg.Connection[Any]) -> None:
 
 def test_rejection_reaches_the_cli_as_row_rejected(database_url: str) -> None:
     with pytest.raises(RowRejected, match="task_is_a_name"):
-        db.run_once(database_url, store.enqueue, "bad name", {})
+        db.run_once(database_url, admin.enqueue, "bad name", {})
 
 
 def test_trigger_notifies_once_per_statement(
@@ -109,6 +147,19 @@ def test_every_named_query_exists_and_is_used() -> None:
     assert defined - literals == set()
 
 
+def test_queries_come_in_one_file_per_sender() -> None:
+    assert set(sqlfiles.query_files()) == {"service.sql", "sweeper.sql", "admin.sql"}
+    assert all(sqlfiles.query_files().values())
+
+
+def test_a_query_name_in_two_files_is_refused() -> None:
+    files = {"service.sql": {"claim": "SELECT 1"}, "admin.sql": {"claim": "SELECT 2"}}
+    with pytest.raises(
+        NotifyWorkerError, match=r"'claim' is defined in both service\.sql and admin\.sql"
+    ):
+        sqlfiles.merge_queries(files)
+
+
 def test_query_file_parser() -> None:
     parsed = sqlfiles.parse_queries(
         "-- header\n\n-- first --\n-- what it does\nSELECT 1;\n\n-- second --\nSELECT\n  2;\n"
@@ -128,8 +179,8 @@ def test_a_rate_the_rule_refuses_is_refused_by_a_named_constraint(
 
 @pytest.mark.parametrize("value", [0, MIN_RATE, 50, MAX_RATE])
 def test_every_rate_the_rule_accepts_is_stored(database_url: str, value: float) -> None:
-    db.run_once(database_url, store.set_rate, value)
-    assert db.run_once(database_url, store.get_rate) == value
+    db.run_once(database_url, admin.set_rate, value)
+    assert db.run_once(database_url, admin.get_rate) == value
 
 
 @pytest.mark.parametrize(("value", "kept"), [("'NaN'", None), ("1e-320", None), ("20", 20.0)])
@@ -143,9 +194,26 @@ def test_rate_bounds_migration_copes_with_a_row_already_there(
     )
     conn.execute("DELETE FROM notifyworker.migrations WHERE name = 'rate_bounds'")
     conn.execute(f"INSERT INTO notifyworker.settings (name, value) VALUES ('rate', {value})")
-    assert db.run_once(database_url, store.migrate) == [
+    assert db.run_once(database_url, schema.migrate) == [
         f"{m.version:04d}_{m.name}" for m in sqlfiles.migrations() if m.name == "rate_bounds"
     ]
-    assert db.run_once(database_url, store.get_rate) == kept
+    assert db.run_once(database_url, admin.get_rate) == kept
     with pytest.raises(psycopg.errors.CheckViolation, match="rate_in_bounds"):
         conn.execute("INSERT INTO notifyworker.settings (name, value) VALUES ('rate', 'NaN')")
+
+
+def test_the_retry_rule_has_one_python_twin(conn: psycopg.Connection[Any]) -> None:
+    """models.will_retry (the log line) says what notifyworker.will_retry_v1 decides."""
+    for status in FINAL_STATUSES:
+        for retryable in (False, True):
+            for attempts, max_attempts in ((0, 1), (1, 1), (1, 2), (2, 2), (3, 2)):
+                decided = scalar(
+                    conn,
+                    "SELECT notifyworker.will_retry_v1(%s, %s, %s, %s)",
+                    status,
+                    retryable,
+                    attempts,
+                    max_attempts,
+                )
+                outcome = Outcome(status, retryable=retryable)
+                assert will_retry(outcome, attempts, max_attempts) is decided, outcome

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import anyio
 
-from notifyworker import store
+from notifyworker import admin
 from notifyworker.db import Database
 from notifyworker.errors import ConnectionLost
 
@@ -35,7 +35,7 @@ async def produce_forever(db: Database, per_second: float) -> NoReturn:
     next_insert = anyio.current_time()
     for n in itertools.count():
         try:
-            await db.run(store.enqueue, "sleep", demo_payload(n), str(n % OBJECT_IDS + 1))
+            await db.run(admin.enqueue, "sleep", demo_payload(n), str(n % OBJECT_IDS + 1))
         except ConnectionLost as exc:
             log.warning("demo producer: insert failed: %s", exc)
         next_insert = max(next_insert + 1 / per_second, anyio.current_time())

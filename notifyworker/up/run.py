@@ -10,7 +10,7 @@ import anyio.abc
 from rich.console import Console
 from rich.live import Live
 
-from notifyworker import console, store
+from notifyworker import admin, console
 from notifyworker.config import Settings
 from notifyworker.db import Database
 from notifyworker.errors import ConnectionLost
@@ -38,7 +38,7 @@ async def run_up(
     db = Database(settings.url(), size=2)
     await db.open()
     try:
-        first_id = await db.run(store.last_job_id)
+        first_id = await db.run(admin.last_job_id)
         worker = Worker(settings, registry)
         began = anyio.current_time()
         async with anyio.create_task_group() as tasks:
@@ -71,7 +71,7 @@ async def _run_worker(
 
 async def _latest(db: Database, limit: int) -> list[JobRow] | None:
     try:
-        return await db.run(store.latest_jobs, limit)
+        return await db.run(admin.latest_jobs, limit)
     except ConnectionLost as exc:
         log.warning("view: %s", exc)
         return None

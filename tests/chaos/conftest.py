@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from notifyworker import db, store
+from notifyworker import db, schema
 
 
 @dataclass
@@ -51,7 +51,7 @@ def private_server() -> Iterator[PrivateServer]:
             with psycopg.connect(url, autocommit=True) as admin:
                 admin.execute("CREATE DATABASE chaos")
             chaos = make_conninfo(url, dbname="chaos")
-            db.run_once(chaos, store.migrate)
+            db.run_once(chaos, schema.migrate)
             yield PrivateServer(chaos, stop, server.ensure_postgres_running)
         finally:
             server.cleanup()

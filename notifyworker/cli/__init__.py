@@ -1,0 +1,20 @@
+"""The `notifyworker` command: up, run, migrate, check, enqueue, cancel, rate, jobs.
+
+Typer gives typed options, help and shell completion for free; settings still
+come from one pydantic-settings model (flags override NOTIFYWORKER_* env vars).
+A user's mistake ends here as one line on stderr and a non-zero exit. The
+commands are registered here, in the order `--help` lists them.
+"""
+
+from __future__ import annotations
+
+from notifyworker.cli import jobs, worker
+from notifyworker.cli.app import app, main
+
+for command in (worker.migrate, worker.check, worker.run, worker.up, jobs.enqueue, jobs.cancel):
+    app.command()(command)
+# `rate -1` is a value to refuse with a clear message, not an unknown option.
+app.command(context_settings={"ignore_unknown_options": True})(jobs.rate)
+app.command()(jobs.jobs)
+
+__all__ = ["app", "main"]

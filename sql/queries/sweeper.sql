@@ -1,0 +1,95 @@
+-- What the sweeper sends: it runs inside every worker, as the role
+-- notifyworker_worker, and one replica at a time acts (sweep_lease). Every
+-- statement here must run with that role's grants (tests/test_roles.py).
+-- The same block format as service.sql.
+
+-- === The lease ===
+
+-- sweep_lease --
+-- One sweeper acts at a time across all replicas; the others skip the round
+-- rather than wait. A row lock, released with the transaction, on a table
+-- only the worker role may lock (an advisory lock would let any role that
+-- can connect switch every sweeper off). The age of the last sweep comes
+-- back either way, so a fleet whose sweeper is stuck can say so.
+SELECT extract(epoch FROM clock_timestamp() - swept_at)::float8 AS age,
+       EXISTS (SELECT FROM notifyworker.sweeper FOR UPDATE SKIP LOCKED) AS acquired
+FROM notifyworker.sweeper;
+
+-- sweep_done --
+-- The round is over: when, and by whom.
+UPDATE notifyworker.sweeper SET swept_at = clock_timestamp(), swept_by = %(worker_id)s;
+
+-- === Overdue jobs ===
+
+-- sweep_overdue --
+-- Running jobs past their own deadline (bounded batch): killed
+-- (notifyworker.kill_running_v1: retried after the backoff while attempts
+-- remain, else cancelled); their worker hears of it through NOTIFY and
+-- cancels the handler.
+WITH overdue AS (
+    SELECT id,
+           'timed out (found by the sweeper): still running after its timeout of '
+               || timeout::text AS reason
+    FROM notifyworker.jobs
+    -- Compared as seconds, so no row's values can overflow the arithmetic.
+    WHERE status = 'running'
+      AND extract(epoch FROM clock_timestamp() - started_at) > extract(epoch FROM timeout)
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), settled AS (
+    SELECT killed.*
+    FROM (SELECT array_agg(id) AS ids, array_agg(reason) AS reasons FROM overdue) AS o,
+         notifyworker.kill_running_v1(o.ids, o.reasons, %(retry_backoff)s, %(retry_backoff_max)s)
+             AS killed
+)
+SELECT id, status,
+       CASE WHEN status = 'new' THEN extract(epoch FROM run_at - clock_timestamp())::float8 END
+           AS retry_in,
+       pg_notify('notifyworker_cancel', id::text)
+FROM settled;
+
+-- === Dead workers ===
+
+-- dead_workers --
+-- Workers whose heartbeat stopped, and workers with no row at all that
+-- still hold jobs (their row was deleted by hand, say): their jobs get
+-- rescued. The second half reads only the active rows (jobs_on_worker).
+(SELECT id FROM notifyworker.workers
+ WHERE heartbeat_at < clock_timestamp() - %(dead_after)s::interval
+ ORDER BY heartbeat_at
+ LIMIT %(limit)s)
+UNION
+(SELECT DISTINCT j.worker_id FROM notifyworker.jobs AS j
+ WHERE j.status IN ('queued', 'running')
+   AND NOT EXISTS (SELECT FROM notifyworker.workers AS w WHERE w.id = j.worker_id)
+ LIMIT %(limit)s);
+
+-- rescue_dead_worker --
+-- A dead worker's queued jobs never started, so they go back to the queue
+-- with no attempt spent (but a lost claim counted: after %(lost_claims_limit)s
+-- the job is cancelled, as one that may be killing its workers). Its running
+-- jobs are killed (notifyworker.kill_running_v1: the attempt counts; retried
+-- after the backoff while attempts remain, else cancelled, saying why).
+WITH requeued AS (
+    SELECT id, status
+    FROM notifyworker.take_back_unstarted(%(worker_id)s, '{}', %(lost_claims_limit)s)
+), running AS (
+    SELECT id, 'worker ' || worker_id || ' stopped heart-beating while the job ran' AS reason
+    FROM notifyworker.jobs
+    WHERE worker_id = %(worker_id)s AND status = 'running'
+    FOR UPDATE
+), rescued AS (
+    SELECT killed.*
+    FROM (SELECT array_agg(id) AS ids, array_agg(reason) AS reasons FROM running) AS r,
+         notifyworker.kill_running_v1(r.ids, r.reasons, %(retry_backoff)s, %(retry_backoff_max)s)
+             AS killed
+), removed AS (
+    DELETE FROM notifyworker.workers WHERE id = %(worker_id)s
+)
+SELECT (SELECT count(*) FROM requeued WHERE status = 'new') AS requeued,
+       (SELECT count(*) FROM rescued WHERE status = 'new') AS retried,
+       (SELECT array_agg(extract(epoch FROM run_at - clock_timestamp())::float8)
+        FROM rescued WHERE status = 'new') AS retries_in,
+       (SELECT count(*) FROM requeued WHERE status = 'cancelled')
+           + (SELECT count(*) FROM rescued WHERE status = 'cancelled') AS cancelled;

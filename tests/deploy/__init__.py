@@ -1,0 +1,1 @@
+"""The deployment files: the runtime lock, the Containerfile and the Kubernetes manifests."""
