@@ -14,11 +14,11 @@ from typing import NoReturn
 
 import anyio
 import anyio.lowlevel
-from anyio.streams.memory import MemoryObjectSendStream
 
 from notifyworker.backoff import Retrying
 from notifyworker.db import DirectStatement, Row
 from notifyworker.demand import Demand
+from notifyworker.handover import Sender
 from notifyworker.inflight import Held, InFlight
 from notifyworker.limiter import FixedIntervalLimiter
 from notifyworker.models import ClaimedJob, JobId, WorkerId
@@ -76,7 +76,7 @@ class Claimer:
         self._max_payload_bytes = max_payload_bytes
         self._retrying = Retrying("claim")
 
-    async def run(self, send: MemoryObjectSendStream[Held]) -> NoReturn:
+    async def run(self, send: Sender[Held]) -> NoReturn:
         """Owns `send`: when this task is cancelled the channel closes, which is
         how the consumers learn that no more jobs will come."""
         demand = self._demand
@@ -120,9 +120,7 @@ class Claimer:
         )
         return asked, generation, rows
 
-    def _claim_once(
-        self, send: MemoryObjectSendStream[Held], claim: tuple[int, int, list[Row]]
-    ) -> None:
+    def _claim_once(self, send: Sender[Held], claim: tuple[int, int, list[Row]]) -> None:
         asked, generation, rows = claim
         jobs = claimed_jobs(rows)
         self._demand.claimed(asked, len(jobs), generation)

@@ -15,11 +15,11 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from notifyworker.demand import Demand
 from notifyworker.errors import InvalidPayload, TaskError
+from notifyworker.handover import CLOSED, EMPTY, Receiver
 from notifyworker.inflight import Held, InFlight, Stage
 from notifyworker.limiter import NO_TICKET, FixedIntervalLimiter
 from notifyworker.metrics import Metrics
@@ -58,7 +58,7 @@ class ConsumerContext:
         self.inflight.cancel_all("worker stopping before the job started", Stage.PACING)
 
 
-async def consume(recv: MemoryObjectReceiveStream[Held], ctx: ConsumerContext) -> None:
+async def consume(recv: Receiver[Held], ctx: ConsumerContext) -> None:
     """Run jobs until the channel closes (the claimer stopped)."""
     async with recv:
         while True:
@@ -69,12 +69,12 @@ async def consume(recv: MemoryObjectReceiveStream[Held], ctx: ConsumerContext) -
                 while not scope.cancel_called:
                     try:
                         held = recv.receive_nowait()  # no task switch while jobs wait
-                    except anyio.WouldBlock:
+                    except EMPTY:
                         try:
                             held = await recv.receive()
-                        except anyio.EndOfStream:
+                        except CLOSED:
                             return
-                    except anyio.EndOfStream:
+                    except CLOSED:
                         return
                     try:
                         await _run_one(held, scope, ctx)

@@ -34,6 +34,7 @@ from notifyworker.config import Settings
 from notifyworker.consumer import ConsumerContext, consume, watch_deadlines
 from notifyworker.db import Database, ListenConnection, redact
 from notifyworker.demand import Demand
+from notifyworker.handover import Receiver, Sender, open_handover
 from notifyworker.health import Readiness, make_app, serve, silent
 from notifyworker.heartbeat import beat_forever
 from notifyworker.inflight import Held, InFlight, Stage
@@ -167,7 +168,9 @@ class Worker:
         )
         # Room for every job the claimer may hold (it claims no more than the free
         # slots), so handing a batch over never blocks and costs no task switch.
-        send, recv = anyio.create_memory_object_stream[Held](settings.concurrency)
+        send: Sender[Held]
+        recv: Receiver[Held]
+        send, recv = open_handover(settings.concurrency)
         root.start_soon(
             beat_forever, db, self.worker_id, settings.heartbeat_interval,
             self.limiter, settings.rate, ownership, demand,

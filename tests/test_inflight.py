@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from notifyworker.consumer import ConsumerContext, consume, watch_deadlines
 from notifyworker.db import Database
 from notifyworker.demand import Demand
+from notifyworker.handover import Receiver, Sender, open_handover
 from notifyworker.inflight import Held, InFlight, Stage
 from notifyworker.limiter import FixedIntervalLimiter
 from notifyworker.models import ClaimedJob, JobId, RetryPolicy, WorkerId
@@ -137,7 +138,9 @@ async def test_watchdog_cancels_a_job_past_its_local_deadline(
 
 
 async def run_consumers(ctx: ConsumerContext, helds: list[Held], consumers: int) -> None:
-    send, recv = anyio.create_memory_object_stream[Held](len(helds))
+    send: Sender[Held]
+    recv: Receiver[Held]
+    send, recv = open_handover(len(helds))
     async with anyio.create_task_group() as nursery:
         async with recv:
             for _ in range(consumers):
