@@ -419,7 +419,16 @@ def report(bench: Bench, quick: bool, parts: dict[str, Any], seconds: float) -> 
     sizes = bench.sizes
     versions = ", ".join(
         f"{name} {metadata.version(name)}"
-        for name in ("notifyworker", "pgqueuer", "procrastinate", "psycopg", "asyncpg", "trio")
+        for name in (
+            "notifyworker",
+            "pgqueuer",
+            "procrastinate",
+            "psycopg",
+            "asyncpg",
+            "trio",
+            "anyio",
+            "uvloop",
+        )
     )
     with psycopg.connect(bench.server) as conn:
         server = conn.execute("SHOW server_version").fetchone()

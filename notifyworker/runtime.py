@@ -10,7 +10,6 @@ An application with its own event loop embeds a worker instead
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar, TypeVarTuple, Unpack
 
@@ -23,9 +22,13 @@ Backend = Literal["trio", "asyncio"]
 
 
 def backend_options(backend: Backend) -> dict[str, Any]:
-    """What anyio is told about the loop: uvloop under asyncio when it is installed."""
-    if backend == "asyncio" and importlib.util.find_spec("uvloop") is not None:
-        return {"use_uvloop": True}
+    """What anyio is told about the loop: nothing, on either.
+
+    Not uvloop, even when installed: measured beside the standard asyncio
+    loop (docs/benchmarks.md, issue 10) it drained and picked up no faster,
+    since a worker's time goes to PostgreSQL round trips and Python, not to
+    the loop's own I/O machinery.
+    """
     return {}
 
 

@@ -194,5 +194,20 @@ def test_an_unknown_backend_is_refused_in_one_line() -> None:
         config.load(database_url="postgresql://x@localhost/y", backend="curio")
 
 
-def test_uvloop_is_asked_for_only_on_asyncio() -> None:
-    assert runtime.backend_options("trio") == {}
+def test_an_unknown_backend_on_the_command_line_is_one_line_and_exit_2(database_url: str) -> None:
+    """And no loop option is forced on anyio (uvloop measured no faster: not used)."""
+    import subprocess
+    import sys
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "notifyworker", "run", "--backend", "curio"],
+        env={"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "notifyworker: error: invalid settings: backend: Input should be 'trio' or 'asyncio'"
+    ]
+    assert runtime.backend_options("asyncio") == {}
