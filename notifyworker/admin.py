@@ -1,4 +1,4 @@
-"""The operator's units of work: enqueue, cancel, the fleet's rate, reports.
+"""The operator's units of work: enqueue, cancel, retry, the fleet's rate, reports.
 
 What the CLI (and `up`'s demo and view) send, as sql/queries/admin.sql says;
 the worker's own are in `store`. Each function is sync and takes a `Session`,
@@ -10,13 +10,26 @@ from __future__ import annotations
 from typing import Any
 
 from notifyworker.db import Session, json_param
-from notifyworker.models import JobId, JobRow, Summary
+from notifyworker.models import FoundJobs, JobId, JobRow, JobStory, Summary
+
+# How many of the latest jobs `find_jobs` looks at when no index bounds its filters.
+SEARCH_WINDOW = 100_000
+# The statuses an index lists (jobs_waiting, jobs_on_worker, jobs_failed_or_cancelled):
+# a filter on one of them reads those rows only, however large the table.
+INDEXED_STATUSES = frozenset({"new", "queued", "running", "failed", "cancelled"})
 
 
 def cancel(s: Session, job_id: JobId) -> str | None:
     """What `notifyworker cancel` runs; the job's status afterwards (None: no such job)."""
     row = s.one("cancel_job", id=job_id)
     return None if row is None else row["status"]
+
+
+def retry(s: Session, job_id: JobId) -> tuple[str, bool] | None:
+    """What `notifyworker retry` runs: the status the job had, and whether it went back
+    to `new` (only a failed or cancelled job does); None: no such job."""
+    row = s.one("retry_job", id=job_id)
+    return None if row is None else (row["was"], row["status"] is not None)
 
 
 def enqueue(
@@ -43,6 +56,39 @@ def enqueue(
 
 def latest_jobs(s: Session, limit: int) -> list[JobRow]:
     return [JobRow(**row) for row in s.rows("latest_jobs", limit=limit)]
+
+
+def find_jobs(
+    s: Session,
+    limit: int,
+    *,
+    status: str | None = None,
+    task: str | None = None,
+    object_id: str | None = None,
+    queue: str | None = None,
+) -> FoundJobs:
+    """The newest jobs that match every filter given (None: any), newest first.
+
+    A filter an index serves (object_id, any status but `done`) finds matches of any
+    age. Without one, a task or `done` filter walks back from the newest job over
+    the latest SEARCH_WINDOW jobs at most, and says so, rather than read the table.
+    """
+    from_id, window = 0, None
+    narrows = task is not None or status is not None
+    if narrows and object_id is None and status not in INDEXED_STATUSES:
+        row = s.one("window_start", window=SEARCH_WINDOW)
+        assert row is not None
+        if row["jobs"] >= SEARCH_WINDOW:  # else the window is the whole table
+            from_id, window = row["id"], SEARCH_WINDOW
+    params = {"status": status, "task": task, "object_id": object_id, "queue": queue}
+    rows = s.rows("find_jobs", from_id=from_id, limit=limit, **params)
+    return FoundJobs([JobRow(**row) for row in rows], window)
+
+
+def job_story(s: Session, job_id: JobId) -> JobStory | None:
+    """Every column of one job; None: no such job."""
+    row = s.one("job_story", id=job_id)
+    return None if row is None else JobStory(**row)
 
 
 def last_job_id(s: Session) -> JobId:

@@ -2,6 +2,8 @@
 
     NotifyWorkerError
     ├── ConfigError          a setting or a CLI argument is wrong
+    ├── JobRefused           the job named cannot do what was asked
+    │   └── NoSuchJob        there is no job with that id
     ├── TaskError            a job cannot be run as written
     │   ├── UnknownTask
     │   └── InvalidPayload
@@ -30,6 +32,14 @@ class NotifyWorkerError(Exception):
 
 class ConfigError(NotifyWorkerError):
     """A setting is invalid."""
+
+
+class JobRefused(NotifyWorkerError):
+    """The job cannot do what was asked (say, a retry of a running job)."""
+
+
+class NoSuchJob(JobRefused):
+    """There is no job with that id."""
 
 
 class TaskError(NotifyWorkerError):

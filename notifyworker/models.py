@@ -117,6 +117,31 @@ class JobRow:
 
 
 @dataclass(frozen=True, slots=True)
+class JobStory(JobRow):
+    """Every column of one job, for `notifyworker job ID`."""
+
+    lost_claims: int
+    worker_id: str | None
+    timeout: float  # seconds
+    run_at: datetime
+    retries: int  # times notifyworker.retry() sent it back
+    retried_at: datetime | None  # the last of them
+    attempts_before_retry: int  # its starts by then
+    error_before_retry: str | None  # its error then
+    result: Any  # any JSON value the handler returned; None: no result (or JSON null)
+
+
+@dataclass(frozen=True, slots=True)
+class FoundJobs:
+    """What `notifyworker jobs` found: the rows, and how far back it looked."""
+
+    rows: list[JobRow]
+    # None: the whole table (an index bounded the scan, or no filter needed one);
+    # else only the latest this many jobs were looked at.
+    window: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """The backoff between attempts, in seconds: base x 2^(attempt-1), capped, jittered."""
 

@@ -10,7 +10,7 @@
 -- Applied to an empty database (psql -v ON_ERROR_STOP=1 -f sql/schema.sql) it
 -- builds that same schema, recorded as migrated up to the last file.
 --
--- Up to date with: 0008_settle.
+-- Up to date with: 0012_retry.
 
 BEGIN;
 
@@ -57,6 +57,13 @@ CREATE TABLE notifyworker.jobs (
     -- Times the job was taken back before its start was written (its worker
     -- died, or the claim's answer was lost); bounded, so it cannot loop.
     lost_claims  integer NOT NULL DEFAULT 0,
+    -- Times notifyworker.retry() sent the job back, the last of them, and the
+    -- starts and the error the job had then (the next outcome writes `error`
+    -- anew). max_attempts grows by the job's budget with every retry.
+    retries      integer NOT NULL DEFAULT 0,
+    retried_at   timestamptz,
+    attempts_before_retry integer NOT NULL DEFAULT 0,
+    error_before_retry    text,
 
     -- Named constraints, so that PostgreSQL's own error says what was wrong.
     -- 1 to 200 characters, no whitespace (no regex: checked on every UPDATE).
@@ -82,8 +89,12 @@ CREATE TABLE notifyworker.jobs (
         status NOT IN ('done', 'failed', 'cancelled') OR finished_at IS NOT NULL
     ),
     CONSTRAINT cancelled_has_cancelled_at CHECK (status <> 'cancelled' OR cancelled_at IS NOT NULL),
-    CONSTRAINT max_attempts_in_range CHECK (max_attempts BETWEEN 1 AND 100),
-    CONSTRAINT lost_claims_not_negative CHECK (lost_claims >= 0)
+    -- The budget of a round: the starts a job was inserted with, or was given
+    -- again by its last retry.
+    CONSTRAINT max_attempts_in_range
+        CHECK (max_attempts - attempts_before_retry BETWEEN 1 AND 100),
+    CONSTRAINT lost_claims_not_negative CHECK (lost_claims >= 0),
+    CONSTRAINT retry_counts_not_negative CHECK (retries >= 0 AND attempts_before_retry >= 0)
 );
 
 -- One row per live (or recently dead) worker process. The sweeper tells a
@@ -136,6 +147,16 @@ CREATE INDEX jobs_waiting ON notifyworker.jobs (run_at, id) WHERE status = 'new'
 -- The sweeper, the rescue and shutdown read only the jobs that sit on a worker.
 CREATE INDEX jobs_on_worker ON notifyworker.jobs (worker_id, status)
     WHERE status IN ('queued', 'running');
+
+-- `notifyworker jobs --status failed` (or cancelled), newest first: a job
+-- enters it only when it ends that way, so one that succeeds never pays for it.
+CREATE INDEX jobs_failed_or_cancelled ON notifyworker.jobs (status, id)
+    WHERE status IN ('failed', 'cancelled');
+
+-- `notifyworker jobs --object-id X`, newest first, and an application's own
+-- lookups by its reference. Jobs without an object_id never enter it.
+CREATE INDEX jobs_object_id ON notifyworker.jobs (object_id, id)
+    WHERE object_id IS NOT NULL;
 
 
 -- ============================================================================
@@ -270,6 +291,52 @@ BEGIN
 END;
 $$;
 
+-- Sends a `failed` or `cancelled` job back to `new` with a fresh attempt
+-- budget, due at once (or at its run_at, if that is still ahead: a job
+-- cancelled before it was due keeps its time), and wakes the workers as an
+-- INSERT does. The job keeps its id, created_at, attempts and error; its
+-- worker, claim, start, end, result and lost claims are cleared, as for any
+-- job going back to `new`. Returns 'new', or NULL when there is no such job;
+-- refuses any other status (SQLSTATE 55000, object_not_in_prerequisite_state),
+-- the status named in the message. The row lock serialises it with a
+-- concurrent retry, cancel() or sweep: the status is read as it is now.
+-- SECURITY DEFINER: applications may retry without the right to update jobs.
+CREATE FUNCTION notifyworker.retry(job_id bigint) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    job record;
+BEGIN
+    SELECT j.status, j.attempts, j.max_attempts, j.attempts_before_retry, j.error
+    INTO job
+    FROM notifyworker.jobs AS j WHERE j.id = job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF job.status NOT IN ('failed', 'cancelled') THEN
+        RAISE EXCEPTION 'job % is %: only a failed or cancelled job can be retried',
+            job_id, job.status
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    UPDATE notifyworker.jobs
+    SET status = 'new',
+        run_at = greatest(run_at, clock_timestamp()),
+        max_attempts = job.attempts + (job.max_attempts - job.attempts_before_retry),
+        attempts_before_retry = job.attempts,
+        retries = retries + 1,
+        retried_at = clock_timestamp(),
+        error_before_retry = job.error,
+        lost_claims = 0,
+        worker_id = NULL, queued_at = NULL, started_at = NULL, finished_at = NULL,
+        cancelled_at = NULL, result = NULL
+    WHERE id = job_id;
+    -- The insert trigger's channel: every idle worker claims at once.
+    PERFORM pg_notify('notifyworker_jobs', 'retried');
+    RETURN 'new';
+END;
+$$;
+
 -- The insert trigger's body (below).
 CREATE FUNCTION notifyworker.notify_jobs_inserted_v1() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -319,12 +386,14 @@ END;
 $$;
 
 -- The application: insert jobs (only the columns a new job may set), read
--- them back, cancel them. It cannot change a job's status any other way.
+-- them back, cancel them, retry them. It cannot change a job's status any
+-- other way.
 GRANT USAGE ON SCHEMA notifyworker TO notifyworker_app;
 GRANT SELECT ON notifyworker.jobs TO notifyworker_app;
 GRANT INSERT (task, payload, object_id, timeout, max_attempts, run_at)
     ON notifyworker.jobs TO notifyworker_app;
 GRANT EXECUTE ON FUNCTION notifyworker.cancel(bigint) TO notifyworker_app;
+GRANT EXECUTE ON FUNCTION notifyworker.retry(bigint) TO notifyworker_app;
 
 -- The worker: claim and record jobs, keep its registry row, sweep, read the
 -- rate setting and the migration record. It never inserts or deletes jobs and
@@ -341,9 +410,10 @@ GRANT SELECT ON notifyworker.settings TO notifyworker_worker;
 GRANT SELECT, UPDATE ON notifyworker.sweeper TO notifyworker_worker;
 GRANT SELECT ON notifyworker.migrations TO notifyworker_worker;
 
--- Functions are executable by everyone unless revoked: cancel() is the
--- application's, the state machine's functions the worker's.
+-- Functions are executable by everyone unless revoked: cancel() and retry()
+-- are the application's, the state machine's functions the worker's.
 REVOKE ALL ON FUNCTION notifyworker.cancel(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION notifyworker.retry(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION notifyworker.retry_delay(integer, double precision, double precision)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION notifyworker.retry_delay(integer, double precision, double precision)
@@ -374,6 +444,7 @@ INSERT INTO notifyworker.migrations (version, name) VALUES
     (5, 'roles'),
     (6, 'hardening'),
     (7, 'rate_bounds'),
-    (8, 'settle');
+    (8, 'settle'),
+    (12, 'retry');
 
 COMMIT;

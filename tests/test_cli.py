@@ -353,7 +353,19 @@ def test_database_url_file_serves_migrate_and_check(
 
 
 def test_help_says_the_url_flag_shows_in_ps_and_offers_a_file() -> None:
-    for command in ("run", "migrate", "check", "up", "enqueue", "jobs", "rate", "cancel"):
+    commands = (
+        "run",
+        "migrate",
+        "check",
+        "up",
+        "enqueue",
+        "jobs",
+        "job",
+        "rate",
+        "cancel",
+        "retry",
+    )
+    for command in commands:
         shown = flat(cli(command, "--help", env={"COLUMNS": "200"}).stdout)
         assert "visible to every local user in `ps`" in shown, command
         assert "--database-url-file" in shown, command

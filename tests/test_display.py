@@ -1,4 +1,5 @@
-"""Row text is inert wherever an operator sees it: the job table, plain lines, log lines.
+"""Row text is inert wherever an operator sees it: the job table, plain lines, a job's story,
+log lines.
 
 A property over arbitrary text in every displayed column: rendering never
 raises, and with no colour system rich emits no escape of its own, so any
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from notifyworker import console, logs
-from notifyworker.models import JobId, JobRow, JobStatus
+from notifyworker.models import JobId, JobRow, JobStatus, JobStory
 from notifyworker.safetext import visible
 
 # Characters that matter to a terminal or to rich, mixed into arbitrary text so
@@ -74,6 +75,39 @@ def test_any_row_text_renders_as_inert_text(rows: list[JobRow]) -> None:
     for row in rows:
         line = console.plain_line(row)
         assert controls(line) == []  # one line per job, whatever the row holds
+
+
+@st.composite
+def job_stories(draw: st.DrawFn) -> JobStory:
+    row = draw(job_rows())
+    retried = draw(st.none() | st.just(T0 + timedelta(seconds=1)))
+    return JobStory(
+        **{field.name: getattr(row, field.name) for field in dataclasses.fields(row)},
+        lost_claims=0,
+        worker_id=draw(st.none() | texts),
+        timeout=10.0,
+        run_at=T0,
+        retries=0 if retried is None else 1,
+        retried_at=retried,
+        attempts_before_retry=1,
+        error_before_retry=draw(st.none() | texts),
+        result=draw(json_values),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(job_stories())
+def test_any_story_renders_as_inert_text_one_field_a_line(job: JobStory) -> None:
+    out = Console(file=io.StringIO(), force_terminal=True, color_system=None, width=240)
+    out.print(console.story_table(job))
+    rendered = out.file.getvalue()  # type: ignore[attr-defined]
+    assert "\x1b" not in rendered
+    assert controls(rendered, allowed="\n") == []
+    plain = console.story_plain(job)
+    assert controls(plain, allowed="\n") == []
+    # Every line is a field of ours: no value can start a line of its own.
+    labels = [label for label, _ in console.story(job)]
+    assert [line.split(": ", 1)[0] for line in plain.split("\n")] == labels
 
 
 def test_the_table_shows_markup_and_escapes_literally_and_keeps_status_styles() -> None:

@@ -75,3 +75,55 @@ def test_the_retry_rule_is_inlined_into_the_hot_path(conn: psycopg.Connection[An
     plan = json.dumps(row[0])
     assert "max_attempts" in plan  # the rule's expression, in place
     assert "will_retry" not in plan
+
+
+def test_the_filtered_job_list_never_sorts_the_table(conn: psycopg.Connection[Any]) -> None:
+    """`notifyworker jobs` with each filter: an index bounds the scan, or the search window does."""
+    fill(conn)
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, object_id, status, worker_id, finished_at,"
+        " cancelled_at, error)"
+        " SELECT 'rare', 'img-' || n, CASE WHEN n % 2 = 0 THEN 'failed' ELSE 'cancelled' END,"
+        " 'old', now(), now(), 'it broke' FROM generate_series(1, 40) AS n"
+    )
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, object_id, status, worker_id, finished_at)"
+        " SELECT 'sleep', 'obj-' || n, 'done', 'old', now() FROM generate_series(1, 2000) AS n"
+    )
+    conn.execute("ANALYZE notifyworker.jobs")
+    none = {"status": None, "task": None, "object_id": None, "queue": None}
+
+    def plan(from_id: int = 0, **filters: Any) -> str:
+        return plan_text(conn, "find_jobs", from_id=from_id, limit=20, **{**none, **filters})
+
+    indexed: dict[str, list[dict[str, Any]]] = {
+        "jobs_failed_or_cancelled": [
+            {"status": "failed"},
+            {"status": "cancelled", "task": "rare"},
+        ],
+        "jobs_object_id": [{"object_id": "img-7"}, {"object_id": "obj-9", "status": "done"}],
+        "jobs_on_worker": [{"status": "running"}, {"status": "queued", "task": "rare"}],
+        "jobs_pkey": [{}, {"queue": "default"}],
+    }
+    for index, cases in indexed.items():
+        for filters in cases:
+            shown = plan(**filters)
+            assert index in shown, (filters, shown)
+            assert "Seq Scan" not in shown, filters
+    # Waiting jobs: their partial index, or the newest end of the primary key.
+    waiting = plan(status="new")
+    assert "jobs_waiting" in waiting or "jobs_pkey" in waiting
+    assert "Seq Scan" not in waiting
+    # No index serves a task alone or `done`: a walk down the primary key, no
+    # further than the search window (here the latest 10,000 of 52,140 jobs).
+    start = conn.execute(query("window_start").encode(), {"window": 10_000}).fetchone()
+    assert start is not None
+    assert start[1] == 10_000
+    for filters in ({"task": "rare"}, {"status": "done"}, {"status": "done", "task": "x"}):
+        shown = plan(from_id=start[0], **filters)
+        assert "jobs_pkey" in shown, filters
+        assert "Seq Scan" not in shown, filters
+    window = plan_text(conn, "window_start", window=10_000)
+    assert '"Index Only Scan"' in window
+    assert '"Scan Direction": "Backward"' in window
+    assert "Seq Scan" not in window

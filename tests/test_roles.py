@@ -38,6 +38,10 @@ SAMPLES: dict[str, Any] = {
     "object_id": None,
     "max_attempts": 1,
     "timeout": 5.0,
+    "from_id": 0,
+    "status": None,
+    "queue": None,
+    "window": 10,
 }
 # Who, besides the schema's owner, may send each statement of admin.sql, by design.
 ADMIN_SENDERS: dict[str, set[str]] = {
@@ -47,10 +51,14 @@ ADMIN_SENDERS: dict[str, set[str]] = {
     "enqueue": {"app"},
     "enqueue_with_timeout": {"app"},
     "cancel_job": {"app"},
+    "retry_job": {"app"},
     "set_rate": set(),
     "reset_rate": set(),
     "get_rate": {"worker"},  # workers read the rate with every heartbeat
     "latest_jobs": {"worker", "app"},  # both may read the jobs
+    "find_jobs": {"worker", "app"},
+    "window_start": {"worker", "app"},
+    "job_story": {"worker", "app"},
     "summary_since": {"worker", "app"},
     "last_job_id": {"worker", "app"},
 }
@@ -74,7 +82,7 @@ def refused(conn: psycopg.Connection[Any], statement: str) -> bool:
     return False
 
 
-def test_the_app_role_inserts_reads_and_cancels_and_nothing_else(
+def test_the_app_role_inserts_reads_cancels_and_retries_and_nothing_else(
     database_url: str, conn: psycopg.Connection[Any], login_role: tuple[str, str]
 ) -> None:
     grant(conn, "notifyworker_app", login_role[0])
@@ -86,11 +94,14 @@ def test_the_app_role_inserts_reads_and_cancels_and_nothing_else(
         )
         assert scalar(app, "SELECT status FROM notifyworker.jobs WHERE id = %s", job) == "new"
         assert scalar(app, "SELECT notifyworker.cancel(%s)", job) == "cancelled"
+        assert scalar(app, "SELECT notifyworker.retry(%s)", job) == "new"
+        assert scalar(app, "SELECT max_attempts FROM notifyworker.jobs WHERE id = %s", job) == 2
         for statement in (
             "UPDATE notifyworker.jobs SET status = 'done'",
             "DELETE FROM notifyworker.jobs",
             "INSERT INTO notifyworker.jobs (task, status) VALUES ('sleep', 'done')",
             "INSERT INTO notifyworker.jobs (task, worker_id) VALUES ('sleep', 'me')",
+            "INSERT INTO notifyworker.jobs (task, attempts_before_retry) VALUES ('sleep', 99)",
             "SELECT * FROM notifyworker.workers",
             "INSERT INTO notifyworker.settings (name, value) VALUES ('rate', 1)",
             "CREATE TABLE notifyworker.mine (id int)",
@@ -112,6 +123,8 @@ def test_the_worker_role_runs_jobs_and_cannot_do_more(
             "INSERT INTO notifyworker.settings (name, value) VALUES ('rate', 1)",
             "DROP TABLE notifyworker.jobs",
             "SELECT notifyworker.cancel(1)",
+            "SELECT notifyworker.retry(1)",
+            "UPDATE notifyworker.jobs SET retries = 1, attempts_before_retry = 1",
         ):
             assert refused(worker, statement), statement
 

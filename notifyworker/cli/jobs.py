@@ -1,11 +1,11 @@
-"""Commands on jobs and the fleet's rate, for operators: enqueue, cancel, rate, jobs."""
+"""Commands on jobs and the fleet's rate, for operators: enqueue, cancel, rate, jobs (filtered)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from rich.console import Console
@@ -13,7 +13,7 @@ from rich.console import Console
 from notifyworker import admin, console, db
 from notifyworker.cli.options import DatabaseUrl, DatabaseUrlFile, settings_from
 from notifyworker.errors import ConfigError
-from notifyworker.models import MAX_RATE, MIN_RATE, JobId, JobRow, rate_problem
+from notifyworker.models import MAX_RATE, MIN_RATE, FoundJobs, JobId, JobStatus, rate_problem
 
 log = logging.getLogger("notifyworker")
 
@@ -93,22 +93,54 @@ def rate(
     print("each worker's own rate" if current is None else f"{current:g} jobs/s per worker")
 
 
+STATUSES: tuple[str, ...] = get_args(JobStatus)
+
+
 def jobs(
+    status: Annotated[
+        str | None,
+        typer.Option(help=f"Only jobs in this status: {', '.join(STATUSES)}.", show_default=False),
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="Only jobs of this task.", show_default=False)
+    ] = None,
+    queue: Annotated[
+        str | None,
+        typer.Option(
+            help="Only this queue's jobs. Until queues land, every job is in `default`.",
+            show_default=False,
+        ),
+    ] = None,
+    object_id: Annotated[
+        str | None, typer.Option(help="Only jobs with this object_id.", show_default=False)
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many of the latest.")] = 20,
     database_url: DatabaseUrl = None,
     database_url_file: DatabaseUrlFile = None,
 ) -> None:
-    """The latest jobs with their whole story and pickup latency."""
+    """The latest jobs, filtered, with their story in brief and pickup latency."""
+    if status is not None and status not in STATUSES:
+        raise ConfigError(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
     settings = settings_from(
         database_url=database_url, database_url_file=database_url_file, log_level="WARNING"
     )
-    rows: list[JobRow] = db.run_once(settings.url(), admin.latest_jobs, limit)
-    _print_jobs(rows)
-
-
-def _print_jobs(rows: list[JobRow]) -> None:
+    found: FoundJobs = db.run_once(
+        settings.url(),
+        admin.find_jobs,
+        limit,
+        status=status,
+        task=task,
+        object_id=object_id,
+        queue=queue,
+    )
     if sys.stdout.isatty():
-        Console().print(console.job_table(rows))
+        Console().print(console.job_table(found.rows))
     else:
-        for row in rows:
+        for row in found.rows:
             print(console.plain_line(row))
+    if found.window is not None and len(found.rows) < limit:
+        print(
+            f"notifyworker: looked at the latest {found.window:,} jobs only: no index serves "
+            "--task alone or --status done (--object-id and the other statuses search them all)",
+            file=sys.stderr,
+        )

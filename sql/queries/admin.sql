@@ -1,7 +1,7 @@
 -- What an operator sends through the CLI (and `up`), as the schema's owner.
 -- The worker role may read what it reads anyway and is refused the rest;
--- enqueue and cancel are also what an application with notifyworker_app may
--- run (tests/test_roles.py). The same block format as service.sql.
+-- enqueue, cancel and retry are also what an application with notifyworker_app
+-- may run (tests/test_roles.py). The same block format as service.sql.
 
 -- === Migrations (`notifyworker migrate`) ===
 
@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS notifyworker.migrations (
 -- Marks one migration file applied, in the same transaction that ran it.
 INSERT INTO notifyworker.migrations (version, name) VALUES (%(version)s, %(name)s);
 
--- === Jobs (`enqueue`, `cancel`) ===
+-- === Jobs (`enqueue`, `cancel`, `retry`) ===
 
 -- enqueue --
 -- What `notifyworker enqueue` and the demo producer run: the same INSERT any
@@ -42,6 +42,17 @@ RETURNING id;
 -- What `notifyworker cancel` runs: the same function applications call.
 SELECT notifyworker.cancel(%(id)s) AS status;
 
+-- retry_job --
+-- What `notifyworker retry` runs: the function applications call, asked only
+-- of a job it will take, so that a refusal is the CLI's one line (the status
+-- read here) rather than PostgreSQL's error with its PL/pgSQL context. No
+-- row: no such job. The function locks the row and reads its status again,
+-- so a retry racing this one still cannot send the job back twice.
+SELECT status AS was,
+       CASE WHEN status IN ('failed', 'cancelled') THEN notifyworker.retry(id) END AS status
+FROM notifyworker.jobs
+WHERE id = %(id)s;
+
 -- === The fleet's rate (`rate`) ===
 
 -- set_rate --
@@ -57,7 +68,7 @@ DELETE FROM notifyworker.settings WHERE name = 'rate';
 -- The rate set cluster-wide, if any.
 SELECT value FROM notifyworker.settings WHERE name = 'rate';
 
--- === Reports (`jobs`, `up`) ===
+-- === Reports (`jobs`, `job`, `up`) ===
 
 -- latest_jobs --
 -- The classic table: the newest jobs with their whole story.
@@ -66,6 +77,43 @@ SELECT id, task, object_id, payload, status, attempts, max_attempts, created_at,
 FROM notifyworker.jobs
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- find_jobs --
+-- `notifyworker jobs` with its filters, newest first; a NULL filter matches
+-- every job. Each filter given that an index serves bounds the scan: status
+-- `new` (jobs_waiting), `queued` and `running` (jobs_on_worker), `failed` and
+-- `cancelled` (jobs_failed_or_cancelled), object_id (jobs_object_id). The
+-- others (task, status `done`) have no index, which every job would pay for
+-- on every write: alone, they walk the primary key down from the newest job,
+-- no further than %(from_id)s (window_start; 0 when an index bounds the scan).
+-- Queues do not exist yet: every job is in `default`, so only that name
+-- matches until the queue column lands.
+SELECT id, task, object_id, payload, status, attempts, max_attempts, created_at, queued_at,
+       started_at, finished_at, cancelled_at, error
+FROM notifyworker.jobs
+WHERE id >= %(from_id)s
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+  AND (%(object_id)s::text IS NULL OR object_id = %(object_id)s::text)
+  AND (%(queue)s::text IS NULL OR %(queue)s::text = 'default')
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- window_start --
+-- The lowest id among the latest %(window)s jobs, and how many there are (fewer:
+-- the window is the whole table): how far find_jobs walks when no index bounds
+-- its filters. An index-only walk down the primary key.
+SELECT coalesce(min(id), 0) AS id, count(*) AS jobs
+FROM (SELECT id FROM notifyworker.jobs ORDER BY id DESC LIMIT %(window)s) AS latest;
+
+-- job_story --
+-- `notifyworker job ID`: every column of one job.
+SELECT id, task, object_id, payload, status, attempts, max_attempts, lost_claims, worker_id,
+       extract(epoch FROM timeout)::float8 AS timeout, run_at, created_at, queued_at,
+       started_at, finished_at, cancelled_at, retries, retried_at, attempts_before_retry,
+       error_before_retry, error, result
+FROM notifyworker.jobs
+WHERE id = %(id)s;
 
 -- summary_since --
 -- Counts and pickup latency (started_at - created_at, as models.pickup_seconds) of the jobs created
