@@ -4,7 +4,8 @@
     ├── ConfigError          a setting or a CLI argument is wrong
     ├── TaskError            a job cannot be run as written
     │   ├── UnknownTask
-    │   └── InvalidPayload
+    │   ├── InvalidPayload
+    │   └── InvalidJob       an option of a job to enqueue (its timeout, its run_at)
     └── DatabaseError        PostgreSQL refused or could not be reached
         ├── Transient        retrying may help
         │   ├── ConnectionLost   the connection dropped
@@ -42,6 +43,10 @@ class UnknownTask(TaskError):
 
 class InvalidPayload(TaskError):
     """The payload does not match the task's model."""
+
+
+class InvalidJob(TaskError):
+    """An option of the job to enqueue cannot be stored as given."""
 
 
 class DatabaseError(NotifyWorkerError):
