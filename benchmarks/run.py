@@ -295,6 +295,17 @@ class Bench:
                 log(f"enqueue {system}: bulk {bulk:,.0f}/s, single {single:,.0f}/s")
         return results
 
+    def measure_producer(self) -> dict[str, dict[str, list[float]]]:
+        """The producer API against a plain INSERT from the same connection (notifyworker only)."""
+        from benchmarks.producer import measure
+
+        single, bulk = self.sizes.enqueue_single, self.sizes.enqueue_bulk
+        results = measure(self.dsn["nw"], single, bulk, self.sizes.reps)
+        for shape, ways in results.items():
+            for way, rates in ways.items():
+                log(f"enqueue from Python, {shape}, {way}: {rates[-1]:,.0f}/s")
+        return results
+
     def measure_trigger(self) -> dict[str, list[float]]:
         """notifyworker inserts/s with and without the NOTIFY trigger, 1 and 8 writers."""
         results: dict[str, list[float]] = {}
@@ -489,6 +500,20 @@ def report(bench: Bench, quick: bool, parts: dict[str, Any], seconds: float) -> 
     for system, row in parts["enqueue"].items():
         add(f"| {names[system]} | {med(row['bulk'])} | {med(row['single'])} |")
     add("")
+    add(
+        "Enqueue from Python (notifyworker jobs/s on one autocommit connection, ids returned; "
+        "÷ the plain INSERT with RETURNING from the same connection):"
+    )
+    add("")
+    add("| way | jobs/s | ÷ plain INSERT |")
+    add("|---|---|---|")
+    for shape, ways in parts["producer"].items():
+        label = "one job per transaction" if shape == "single" else "1,000 per call"
+        plain = statistics.median(next(iter(ways.values())))
+        for way, rates in ways.items():
+            ratio = statistics.median(rates) / plain
+            add(f"| {label}: {way} | {med(rates)} | {ratio * 100:.0f}% |")
+    add("")
     add("NOTIFY trigger cost (notifyworker rows/s; aggregate over the writers):")
     add("")
     add("| statement, writers | with trigger | without | with ÷ without |")
@@ -558,6 +583,7 @@ def run_all(server: str, quick: bool, output: Path | None) -> None:
         ("pickup", bench.measure_pickup),
         ("limiter", bench.measure_limiter),
         ("enqueue", bench.measure_enqueue),
+        ("producer", bench.measure_producer),
         ("trigger", bench.measure_trigger),
         ("big", bench.measure_big_table),
         ("rss", bench.measure_rss),

@@ -1,6 +1,7 @@
 """The operator's units of work: enqueue, cancel, retry, the fleet's rate, reports.
 
-What the CLI (and `up`'s demo and view) send, as sql/queries/admin.sql says;
+What the CLI (and `up`'s demo and view) send, as sql/queries/admin.sql says
+(enqueue: the producer API's, sql/queries/producer.sql);
 the worker's own are in `store`. Each function is sync and takes a `Session`,
 run through `db.run_once` (the CLI) or `Database.run` (`up`).
 """
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from notifyworker.db import Session, json_param
+from notifyworker import db
+from notifyworker.db import Session
 from notifyworker.models import FoundJobs, JobId, JobRow, JobStory, Summary
 
 # How many of the latest jobs `find_jobs` looks at when no index bounds its filters.
@@ -39,19 +41,18 @@ def enqueue(
     object_id: str | None = None,
     timeout: float | None = None,
     max_attempts: int = 1,
+    unique_key: str | None = None,
 ) -> JobId:
-    params: dict[str, Any] = {
-        "task": task,
-        "payload": json_param(payload),
-        "object_id": object_id,
-        "max_attempts": max_attempts,
-    }
-    if timeout is None:
-        row = s.one("enqueue", **params)
-    else:
-        row = s.one("enqueue_with_timeout", timeout=timeout, **params)
-    assert row is not None
-    return JobId(row["id"])
+    """What `notifyworker enqueue` and the demo producer run: the producer API's enqueue."""
+    return db.enqueue(
+        s.connection,
+        task,
+        payload,
+        object_id=object_id,
+        timeout=timeout,
+        max_attempts=max_attempts,
+        unique_key=unique_key,
+    )
 
 
 def latest_jobs(s: Session, limit: int) -> list[JobRow]:

@@ -6,7 +6,8 @@
     │   └── NoSuchJob        there is no job with that id
     ├── TaskError            a job cannot be run as written
     │   ├── UnknownTask
-    │   └── InvalidPayload
+    │   ├── InvalidPayload
+    │   └── InvalidJob       an option of a job to enqueue (its timeout, its run_at)
     └── DatabaseError        PostgreSQL refused or could not be reached
         ├── Transient        retrying may help
         │   ├── ConnectionLost   the connection dropped
@@ -52,6 +53,10 @@ class UnknownTask(TaskError):
 
 class InvalidPayload(TaskError):
     """The payload does not match the task's model."""
+
+
+class InvalidJob(TaskError):
+    """An option of the job to enqueue cannot be stored as given."""
 
 
 class DatabaseError(NotifyWorkerError):

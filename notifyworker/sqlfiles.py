@@ -2,8 +2,9 @@
 
 Statements live in files so they can be read, reviewed and EXPLAINed as SQL;
 code names them and passes parameters, and never builds SQL from strings.
-`sql/queries/` holds one file per sender (service, sweeper, admin), so the
-roles test can hold each role to its file; a name is defined in one file only.
+`sql/queries/` holds one file per sender (service, sweeper, admin, producer),
+so the roles test can hold each role to its file; a name is defined in one
+file only.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def merge_queries(files: Mapping[str, Mapping[str, LiteralString]]) -> dict[str,
 
 @functools.cache
 def query_files() -> dict[str, dict[str, LiteralString]]:
-    """Each file of `sql/queries/` (service.sql, sweeper.sql, admin.sql) with its statements."""
+    """Each file of `sql/queries/` (service, sweeper, admin, producer) with its statements."""
     return {
         path.name: parse_queries(path.read_text(encoding="utf-8"))
         for path in sorted((sql_dir() / "queries").glob("*.sql"))

@@ -10,8 +10,12 @@
     async def resize(payload: Resize) -> dict[str, int]:
         ...
 
+    resize.defer(conn, image_id=7)  # or resize.defer(conn, Resize(image_id=7))
+
 `notifyworker run --tasks myapp.tasks` imports that module, which registers
-its handlers in the default registry as a side effect of the decorator.
+its handlers in the default registry as a side effect of the decorator. The
+decorator returns the `Task`, which still runs the handler when called and
+defers jobs of itself, checked by its model before anything is sent.
 """
 
 from __future__ import annotations
@@ -19,53 +23,121 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, Generic, TypeVar, cast, get_type_hints
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from notifyworker.db import AsyncConnection, Connection, Job, enqueue_one, enqueue_one_async
 from notifyworker.errors import ConfigError, InvalidPayload, UnknownTask
+from notifyworker.models import JobId
 
 M = TypeVar("M", bound=BaseModel)
-Handler = Callable[[M], Awaitable[Any]]
+R = TypeVar("R")
+Handler = Callable[[M], Awaitable[R]]
+
+# What defer() and job() take besides the payload: the row's own columns.
+OPTIONS = ("object_id", "timeout", "max_attempts", "run_at", "unique_key")
 
 
 @dataclass(frozen=True)
-class Task:
-    name: str
-    model: type[BaseModel]
-    handler: Callable[[Any], Awaitable[Any]]
+class Task(Generic[M, R]):
+    """A registered handler with its payload's model; it defers jobs of itself."""
 
-    def parse(self, payload: str) -> BaseModel:
+    name: str
+    model: type[M]
+    handler: Handler[M, R]
+
+    def __call__(self, payload: M) -> Awaitable[R]:
+        """Run the handler, as the undecorated function would."""
+        return self.handler(payload)
+
+    def parse(self, payload: str) -> M:
         """The payload's JSON text, validated by the task's model in one pass."""
         try:
             return self.model.model_validate_json(payload)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}"
-                for e in exc.errors()
+            raise self._refused(exc) from None
+
+    def job(
+        self, payload: M | Mapping[str, Any] | None = None, /, **options_and_fields: Any
+    ) -> Job:
+        """A job of this task to enqueue (with enqueue_many), its payload checked here.
+
+        The payload is a model instance, a mapping, or keyword fields; the
+        keywords in OPTIONS are the job's (object_id, timeout, max_attempts,
+        run_at, unique_key). It is stored as the model writes it, and refused
+        unless the worker's `parse` reads it back: a bad payload fails at the
+        call site, naming the field, not as a failed job later.
+        """
+        options = {k: options_and_fields.pop(k) for k in OPTIONS if k in options_and_fields}
+        text = self._payload_json(payload, options_and_fields, options)
+        return Job(self.name, text, **options)
+
+    def defer(
+        self, conn: Connection, payload: M | Mapping[str, Any] | None = None, /, **kwargs: Any
+    ) -> JobId:
+        """Enqueue a job of this task in `conn`'s transaction: its id (see `job`)."""
+        return enqueue_one(conn, self.job(payload, **kwargs))
+
+    async def defer_async(
+        self, aconn: AsyncConnection, payload: M | Mapping[str, Any] | None = None, /, **kwargs: Any
+    ) -> JobId:
+        """`defer` on an asyncio connection."""
+        return await enqueue_one_async(aconn, self.job(payload, **kwargs))
+
+    def _payload_json(
+        self, payload: object, fields: dict[str, Any], options: dict[str, Any]
+    ) -> str:
+        if payload is not None and fields:
+            raise InvalidPayload(
+                f"task {self.name!r}: give the payload as a model, a mapping or fields, not two"
             )
-            raise InvalidPayload(f"invalid payload for task {self.name!r}: {problems}") from None
+        named = set(self.model.model_fields)
+        named |= {f.alias for f in self.model.model_fields.values() if f.alias}
+        if payload is None and (clash := sorted(named & options.keys())):
+            raise InvalidPayload(
+                f"task {self.name!r}: {', '.join(clash)} is both a field of "
+                f"{self.model.__name__} and an option of the job; pass the payload as a "
+                f"{self.model.__name__} or a mapping"
+            )
+        if isinstance(payload, BaseModel) and not isinstance(payload, self.model):
+            raise InvalidPayload(
+                f"task {self.name!r} takes a {self.model.__name__}, not a {type(payload).__name__}"
+            )
+        try:
+            model = self.model.model_validate(fields if payload is None else payload)
+        except ValidationError as exc:
+            raise self._refused(exc) from None
+        text = model.model_dump_json(by_alias=True, round_trip=True)
+        self.parse(text)  # what the worker will read: a model must read back its own JSON
+        return text
+
+    def _refused(self, exc: ValidationError) -> InvalidPayload:
+        """Each field the model refused, and why, on one line."""
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in exc.errors()
+        )
+        return InvalidPayload(f"invalid payload for task {self.name!r}: {problems}")
 
 
 class Registry:
     """Task name → handler. A worker runs the tasks of one registry."""
 
     def __init__(self) -> None:
-        self._tasks: dict[str, Task] = {}
+        self._tasks: dict[str, Task[Any, Any]] = {}
 
-    def task(self, name: str) -> Callable[[Handler[M]], Handler[M]]:
+    def task(self, name: str) -> Callable[[Handler[M, R]], Task[M, R]]:
         """Register an async handler whose one parameter is annotated with its payload model."""
 
-        def register(handler: Handler[M]) -> Handler[M]:
-            self.add(name, handler)
-            return handler
+        def register(handler: Handler[M, R]) -> Task[M, R]:
+            return self.add(name, handler)
 
         return register
 
-    def add(self, name: str, handler: Handler[M]) -> None:
+    def add(self, name: str, handler: Handler[M, R]) -> Task[M, R]:
         if name in self._tasks:
             raise ConfigError(f"task {name!r} is registered twice")
         if not inspect.iscoroutinefunction(handler):
@@ -85,14 +157,27 @@ class Registry:
                 f"task {name!r}: the handler takes exactly one parameter, "
                 "annotated with a pydantic model"
             )
-        self._tasks[name] = Task(name, model, handler)
+        # The handler's own annotation: its M by construction.
+        added = Task(name, cast("type[M]", model), handler)
+        self._tasks[name] = added
+        return added
 
-    def get(self, name: str) -> Task:
+    def get(self, name: str) -> Task[Any, Any]:
         try:
             return self._tasks[name]
         except KeyError:
             known = ", ".join(sorted(self._tasks)) or "none"
             raise UnknownTask(f"unknown task {name!r} (known tasks: {known})") from None
+
+    def defer(self, conn: Connection, name: str, payload: Any = None, /, **kwargs: Any) -> JobId:
+        """Enqueue a job of the task registered as `name`; UnknownTask before anything is sent."""
+        return self.get(name).defer(conn, payload, **kwargs)
+
+    async def defer_async(
+        self, aconn: AsyncConnection, name: str, payload: Any = None, /, **kwargs: Any
+    ) -> JobId:
+        """`defer` on an asyncio connection."""
+        return await self.get(name).defer_async(aconn, payload, **kwargs)
 
 
 def import_tasks(modules: tuple[str, ...]) -> None:
@@ -108,6 +193,8 @@ def import_tasks(modules: tuple[str, ...]) -> None:
 
 registry = Registry()
 task = registry.task
+defer = registry.defer
+defer_async = registry.defer_async
 
 
 class SleepPayload(BaseModel):

@@ -57,6 +57,10 @@ CREATE TABLE notifyworker.jobs (
     -- Times the job was taken back before its start was written (its worker
     -- died, or the claim's answer was lost); bounded, so it cannot loop.
     lost_claims  integer NOT NULL DEFAULT 0,
+    -- While the job is new, queued or running, no other job may hold this key
+    -- (jobs_active_unique_key); once it finishes the key is free again, and
+    -- the finished row keeps it as a record.
+    unique_key   text,
     -- Times notifyworker.retry() sent the job back, the last of them, and the
     -- starts and the error the job had then (the next outcome writes `error`
     -- anew). max_attempts grows by the job's budget with every retry.
@@ -94,7 +98,8 @@ CREATE TABLE notifyworker.jobs (
     CONSTRAINT max_attempts_in_range
         CHECK (max_attempts - attempts_before_retry BETWEEN 1 AND 100),
     CONSTRAINT lost_claims_not_negative CHECK (lost_claims >= 0),
-    CONSTRAINT retry_counts_not_negative CHECK (retries >= 0 AND attempts_before_retry >= 0)
+    CONSTRAINT retry_counts_not_negative CHECK (retries >= 0 AND attempts_before_retry >= 0),
+    CONSTRAINT unique_key_1_to_200_characters CHECK (length(unique_key) BETWEEN 1 AND 200)
 );
 
 -- One row per live (or recently dead) worker process. The sweeper tells a
@@ -157,6 +162,11 @@ CREATE INDEX jobs_failed_or_cancelled ON notifyworker.jobs (status, id)
 -- lookups by its reference. Jobs without an object_id never enter it.
 CREATE INDEX jobs_object_id ON notifyworker.jobs (object_id, id)
     WHERE object_id IS NOT NULL;
+
+-- Unique jobs: one waiting or running job per key. A plain INSERT of a held
+-- key fails here; notifyworker.enqueue() returns the holder's id instead.
+CREATE UNIQUE INDEX jobs_active_unique_key ON notifyworker.jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('new', 'queued', 'running');
 
 
 -- ============================================================================
@@ -307,8 +317,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     job record;
+    holder bigint;
 BEGIN
-    SELECT j.status, j.attempts, j.max_attempts, j.attempts_before_retry, j.error
+    SELECT j.status, j.attempts, j.max_attempts, j.attempts_before_retry, j.error, j.unique_key
     INTO job
     FROM notifyworker.jobs AS j WHERE j.id = job_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -317,6 +328,16 @@ BEGIN
     IF job.status NOT IN ('failed', 'cancelled') THEN
         RAISE EXCEPTION 'job % is %: only a failed or cancelled job can be retried',
             job_id, job.status
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    -- A unique job's key may have gone to a newer job meanwhile: say which,
+    -- rather than fail on jobs_active_unique_key.
+    SELECT j.id INTO holder FROM notifyworker.jobs AS j
+    WHERE j.unique_key = job.unique_key AND j.status IN ('new', 'queued', 'running')
+    LIMIT 1;
+    IF holder IS NOT NULL THEN
+        RAISE EXCEPTION 'job % holds unique key %: job % can be retried once it ends',
+            holder, job.unique_key, job_id
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     UPDATE notifyworker.jobs
@@ -334,6 +355,128 @@ BEGIN
     -- The insert trigger's channel: every idle worker claims at once.
     PERFORM pg_notify('notifyworker_jobs', 'retried');
     RETURN 'new';
+END;
+$$;
+
+-- Enqueues jobs, given one array per column (NULL, or one value per job): their
+-- ids in the order given, a held unique_key giving its holder's id. A NULL value
+-- is the column's default, as a plain INSERT leaves it (tests/test_producer.py
+-- checks they agree). One statement for the caller, all or nothing.
+-- SECURITY INVOKER: it needs nothing a plain INSERT does not (the INSERT and
+-- SELECT privileges), so who may enqueue stays who may insert.
+CREATE FUNCTION notifyworker.enqueue_many(
+    tasks text[], payloads jsonb[] DEFAULT NULL, object_ids text[] DEFAULT NULL,
+    timeouts interval[] DEFAULT NULL, max_attempts integer[] DEFAULT NULL,
+    run_ats timestamptz[] DEFAULT NULL, unique_keys text[] DEFAULT NULL
+) RETURNS bigint[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    total integer := coalesce(cardinality(tasks), 0);
+    ids bigint[];
+    keyless bigint[];
+    placed integer;
+BEGIN
+    IF cardinality(payloads) NOT IN (0, total) OR cardinality(object_ids) NOT IN (0, total)
+        OR cardinality(timeouts) NOT IN (0, total)
+        OR cardinality(enqueue_many.max_attempts) NOT IN (0, total)
+        OR cardinality(run_ats) NOT IN (0, total) OR cardinality(unique_keys) NOT IN (0, total)
+    THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('notifyworker.enqueue_many: each array must be NULL or hold one'
+                             ' value per task (%s)', total);
+    END IF;
+    IF total = 0 THEN
+        RETURN '{}';
+    END IF;
+
+    -- No keys: one INSERT. Identities are handed out in insertion order, which
+    -- is the order given (ORDER BY r.n), so sorted ids are the jobs in order.
+    IF coalesce(cardinality(array_remove(unique_keys, NULL)), 0) = 0 THEN
+        WITH inserted AS (
+            INSERT INTO notifyworker.jobs (task, payload, object_id, timeout, max_attempts, run_at)
+            SELECT r.task, coalesce(r.payload, '{}'), r.object_id,
+                   coalesce(r.timeout, interval '10 seconds'), coalesce(r.max_attempts, 1),
+                   coalesce(r.run_at, now())
+            FROM unnest(tasks, payloads, object_ids, timeouts, enqueue_many.max_attempts, run_ats)
+                 WITH ORDINALITY AS r (task, payload, object_id, timeout, max_attempts, run_at, n)
+            ORDER BY r.n
+            RETURNING id
+        )
+        SELECT array_agg(inserted.id ORDER BY inserted.id) INTO ids FROM inserted;
+        RETURN ids;
+    END IF;
+
+    -- Keys: insert the jobs not yet placed, a held key skipped (the first of
+    -- several equal keys in the call takes it). The keyless ones are placed by
+    -- order, as above; each keyed one by looking up its key's holder, in a new
+    -- snapshot, which sees this call's own jobs too. A holder that finished in
+    -- between has left its key free: go round again for those.
+    ids := array_fill(NULL::bigint, ARRAY[total]);
+    LOOP
+        WITH inserted AS (
+            INSERT INTO notifyworker.jobs
+                (task, payload, object_id, timeout, max_attempts, run_at, unique_key)
+            SELECT r.task, coalesce(r.payload, '{}'), r.object_id,
+                   coalesce(r.timeout, interval '10 seconds'), coalesce(r.max_attempts, 1),
+                   coalesce(r.run_at, now()), r.unique_key
+            FROM unnest(tasks, payloads, object_ids, timeouts, enqueue_many.max_attempts, run_ats,
+                        unique_keys)
+                 WITH ORDINALITY AS r (task, payload, object_id, timeout, max_attempts, run_at,
+                                       unique_key, n)
+            WHERE ids[r.n] IS NULL
+            ORDER BY r.n
+            ON CONFLICT (unique_key)
+                WHERE unique_key IS NOT NULL AND status IN ('new', 'queued', 'running')
+                DO NOTHING
+            RETURNING id, unique_key
+        )
+        SELECT array_agg(inserted.id ORDER BY inserted.id)
+               FILTER (WHERE inserted.unique_key IS NULL)
+        INTO keyless FROM inserted;
+
+        placed := 0;
+        FOR i IN 1 .. total LOOP
+            IF ids[i] IS NULL AND unique_keys[i] IS NULL THEN
+                placed := placed + 1;
+                ids[i] := keyless[placed];
+            END IF;
+        END LOOP;
+
+        -- The newest holder: under repeatable read this transaction may still
+        -- see an older one that has finished since its snapshot.
+        SELECT array_agg(coalesce(ids[k.n], held.id) ORDER BY k.n) INTO ids
+        FROM unnest(unique_keys) WITH ORDINALITY AS k (unique_key, n)
+        LEFT JOIN LATERAL (
+            SELECT j.id FROM notifyworker.jobs AS j
+            WHERE ids[k.n] IS NULL AND j.unique_key = k.unique_key
+              AND j.status IN ('new', 'queued', 'running')
+            ORDER BY j.id DESC
+            LIMIT 1
+        ) AS held ON true;
+
+        EXIT WHEN array_position(ids, NULL) IS NULL;
+    END LOOP;
+    RETURN ids;
+END;
+$$;
+
+-- One job: the SQL application's way to enqueue with a unique_key, e.g.
+--   SELECT notifyworker.enqueue('resize', '{"image_id": 7}', unique_key => 'image-7');
+-- NULL arguments take the column's default, as enqueue_many's do.
+CREATE FUNCTION notifyworker.enqueue(
+    task text, payload jsonb DEFAULT '{}', object_id text DEFAULT NULL,
+    timeout interval DEFAULT NULL, max_attempts integer DEFAULT NULL,
+    run_at timestamptz DEFAULT NULL, unique_key text DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (notifyworker.enqueue_many(
+        ARRAY[task], ARRAY[payload], ARRAY[object_id], ARRAY[timeout], ARRAY[max_attempts],
+        ARRAY[run_at], ARRAY[unique_key]))[1];
 END;
 $$;
 
@@ -385,15 +528,19 @@ EXCEPTION WHEN duplicate_object OR unique_violation THEN
 END;
 $$;
 
--- The application: insert jobs (only the columns a new job may set), read
--- them back, cancel them, retry them. It cannot change a job's status any
--- other way.
+-- The application: insert jobs (only the columns a new job may set, also
+-- through enqueue() and enqueue_many()), read them back, cancel them, retry
+-- them. It cannot change a job's status any other way.
 GRANT USAGE ON SCHEMA notifyworker TO notifyworker_app;
 GRANT SELECT ON notifyworker.jobs TO notifyworker_app;
-GRANT INSERT (task, payload, object_id, timeout, max_attempts, run_at)
+GRANT INSERT (task, payload, object_id, timeout, max_attempts, run_at, unique_key)
     ON notifyworker.jobs TO notifyworker_app;
 GRANT EXECUTE ON FUNCTION notifyworker.cancel(bigint) TO notifyworker_app;
 GRANT EXECUTE ON FUNCTION notifyworker.retry(bigint) TO notifyworker_app;
+GRANT EXECUTE ON FUNCTION notifyworker.enqueue_many(
+    text[], jsonb[], text[], interval[], integer[], timestamptz[], text[]) TO notifyworker_app;
+GRANT EXECUTE ON FUNCTION notifyworker.enqueue(
+    text, jsonb, text, interval, integer, timestamptz, text) TO notifyworker_app;
 
 -- The worker: claim and record jobs, keep its registry row, sweep, read the
 -- rate setting and the migration record. It never inserts or deletes jobs and
@@ -410,10 +557,14 @@ GRANT SELECT ON notifyworker.settings TO notifyworker_worker;
 GRANT SELECT, UPDATE ON notifyworker.sweeper TO notifyworker_worker;
 GRANT SELECT ON notifyworker.migrations TO notifyworker_worker;
 
--- Functions are executable by everyone unless revoked: cancel() and retry()
--- are the application's, the state machine's functions the worker's.
+-- Functions are executable by everyone unless revoked: cancel(), retry() and
+-- the enqueue functions are the application's, the state machine's the worker's.
 REVOKE ALL ON FUNCTION notifyworker.cancel(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION notifyworker.retry(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION notifyworker.enqueue_many(
+    text[], jsonb[], text[], interval[], integer[], timestamptz[], text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION notifyworker.enqueue(
+    text, jsonb, text, interval, integer, timestamptz, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION notifyworker.retry_delay(integer, double precision, double precision)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION notifyworker.retry_delay(integer, double precision, double precision)
@@ -445,6 +596,7 @@ INSERT INTO notifyworker.migrations (version, name) VALUES
     (6, 'hardening'),
     (7, 'rate_bounds'),
     (8, 'settle'),
+    (9, 'unique_jobs'),
     (12, 'retry');
 
 COMMIT;

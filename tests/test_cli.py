@@ -151,6 +151,16 @@ def test_enqueue_and_jobs(database_url: str, conn: psycopg.Connection[Any]) -> N
     assert f"id={job_id} object_id=42 task=sleep sleep=1s status=new" in listed.stdout
 
 
+def test_enqueue_with_a_held_unique_key_prints_the_holders_id(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    env = {"DATABASE_URL": database_url}
+    made = [cli("enqueue", "sleep", "--unique-key", "nightly", env=env) for _ in range(2)]
+    assert [r.returncode for r in made] == [0, 0], made[0].stderr
+    assert made[0].stdout == made[1].stdout
+    assert scalar(conn, "SELECT unique_key FROM notifyworker.jobs") == "nightly"
+
+
 def test_enqueue_with_bad_payload_loses_nothing(
     conn: psycopg.Connection[Any], database_url: str
 ) -> None:

@@ -6,7 +6,9 @@ import json
 from typing import Any
 
 import psycopg
+import pytest
 
+from notifyworker.producer import Job, enqueue, enqueue_many
 from notifyworker.sqlfiles import query
 
 
@@ -127,3 +129,30 @@ def test_the_filtered_job_list_never_sorts_the_table(conn: psycopg.Connection[An
     assert '"Index Only Scan"' in window
     assert '"Scan Direction": "Backward"' in window
     assert "Seq Scan" not in window
+
+
+def test_enqueue_finds_a_keys_holder_through_the_unique_index(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """A held key is looked up by jobs_active_unique_key, however many finished rows share it."""
+    fill(conn)
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, status, worker_id, finished_at, unique_key)"
+        " SELECT 'sleep', 'done', 'old', now(), 'key-' || (n % 500)"
+        " FROM generate_series(1, 50000) AS n"
+    )
+    held = [enqueue(conn, "sleep", unique_key=f"key-{n}") for n in range(5)]
+    conn.execute("ANALYZE notifyworker.jobs")
+    try:
+        conn.execute("LOAD 'auto_explain'")
+    except (psycopg.errors.UndefinedFile, psycopg.errors.InsufficientPrivilege) as exc:
+        pytest.skip(f"auto_explain cannot be loaded here: {exc}")
+    for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice"):
+        conn.execute(f"SET auto_explain.{setting}".encode())
+    plans: list[str] = []
+    conn.add_notice_handler(lambda notice: plans.append(str(notice.message_primary)))
+    jobs = [Job("sleep", unique_key=f"key-{n}") for n in range(10)]
+    assert enqueue_many(conn, jobs)[:5] == held
+    text = "\n".join(plans)
+    assert "jobs_active_unique_key" in text, text
+    assert "Seq Scan" not in text, text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any, LiteralString
 
 import psycopg
@@ -37,19 +38,28 @@ SAMPLES: dict[str, Any] = {
     "payload": Jsonb({}),
     "object_id": None,
     "max_attempts": 1,
-    "timeout": 5.0,
+    "timeout": timedelta(seconds=5),
     "from_id": 0,
     "status": None,
     "queue": None,
     "window": 10,
+    # producer.sql
+    "run_at": None,
+    "unique_key": "k",
+    "tasks": ["sleep", "sleep"],
+    "payloads": [Jsonb({}), Jsonb({"seconds": 1})],
+    "object_ids": None,
+    "timeouts": None,
+    "max_attempts_each": [2, None],
+    "run_ats": None,
+    "unique_keys": ["k", None],
 }
-# Who, besides the schema's owner, may send each statement of admin.sql, by design.
-ADMIN_SENDERS: dict[str, set[str]] = {
+# Who, besides the schema's owner, may send each statement of admin.sql and
+# producer.sql, by design.
+SENDERS: dict[str, set[str]] = {
     "migrate_lock": {"worker", "app"},  # an advisory lock needs no privilege
     "migrate_bookkeeping": set(),
     "record_migration": set(),
-    "enqueue": {"app"},
-    "enqueue_with_timeout": {"app"},
     "cancel_job": {"app"},
     "retry_job": {"app"},
     "set_rate": set(),
@@ -61,6 +71,9 @@ ADMIN_SENDERS: dict[str, set[str]] = {
     "job_story": {"worker", "app"},
     "summary_since": {"worker", "app"},
     "last_job_id": {"worker", "app"},
+    # producer.sql: the application's (the worker never inserts jobs)
+    "enqueue_job": {"app"},
+    "enqueue_jobs": {"app"},
 }
 
 
@@ -96,6 +109,15 @@ def test_the_app_role_inserts_reads_cancels_and_retries_and_nothing_else(
         assert scalar(app, "SELECT notifyworker.cancel(%s)", job) == "cancelled"
         assert scalar(app, "SELECT notifyworker.retry(%s)", job) == "new"
         assert scalar(app, "SELECT max_attempts FROM notifyworker.jobs WHERE id = %s", job) == 2
+        # Unique jobs: the key by plain INSERT, and the holder's id through the functions.
+        keyed = scalar(
+            app,
+            "INSERT INTO notifyworker.jobs (task, unique_key) VALUES ('sleep', 'k') RETURNING id",
+        )
+        assert scalar(app, "SELECT notifyworker.enqueue('sleep', unique_key => 'k')") == keyed
+        assert scalar(
+            app, "SELECT notifyworker.enqueue_many(ARRAY['sleep'], unique_keys => ARRAY['k'])"
+        ) == [keyed]
         for statement in (
             "UPDATE notifyworker.jobs SET status = 'done'",
             "DELETE FROM notifyworker.jobs",
@@ -125,6 +147,8 @@ def test_the_worker_role_runs_jobs_and_cannot_do_more(
             "SELECT notifyworker.cancel(1)",
             "SELECT notifyworker.retry(1)",
             "UPDATE notifyworker.jobs SET retries = 1, attempts_before_retry = 1",
+            "SELECT notifyworker.enqueue('sleep')",
+            "SELECT notifyworker.enqueue_many(ARRAY['sleep'])",
         ):
             assert refused(worker, statement), statement
 
@@ -221,16 +245,17 @@ def test_the_worker_role_may_send_every_statement_of_the_worker_and_the_sweeper(
 
 
 @pytest.mark.parametrize("role", ["worker", "app"])
-def test_the_operators_statements_are_refused_to_roles_not_meant_to_send_them(
+def test_the_operators_and_producers_statements_are_sent_by_the_roles_meant_to_alone(
     database_url: str, conn: psycopg.Connection[Any], login_role: tuple[str, str], role: str
 ) -> None:
-    statements = sqlfiles.query_files()["admin.sql"]
-    assert set(statements) == set(ADMIN_SENDERS), "classify every statement of admin.sql"
+    files = sqlfiles.query_files()
+    statements = {**files["admin.sql"], **files["producer.sql"]}
+    assert set(statements) == set(SENDERS), "classify every statement of admin.sql, producer.sql"
     grant(conn, f"notifyworker_{role}", login_role[0])
     wrong = []
     with psycopg.connect(url_as(database_url, login_role), autocommit=True) as client:
         for name, statement in statements.items():
-            allowed = role in ADMIN_SENDERS[name]
+            allowed = role in SENDERS[name]
             try:
                 sent(client, statement, SAMPLES)
             except psycopg.errors.InsufficientPrivilege as exc:

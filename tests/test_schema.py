@@ -106,6 +106,8 @@ def test_migrate_from_two_processes_at_once(empty_database_url: str) -> None:
         ("task, max_attempts", "'sleep', 0", "max_attempts_in_range"),
         ("task, max_attempts", "'sleep', 101", "max_attempts_in_range"),
         ("task, lost_claims", "'sleep', -1", "lost_claims_not_negative"),
+        ("task, unique_key", "'sleep', ''", "unique_key_1_to_200_characters"),
+        ("task, unique_key", "'sleep', repeat('k', 201)", "unique_key_1_to_200_characters"),
     ],
 )
 def test_malformed_insert_is_rejected_by_a_named_constraint(
@@ -148,7 +150,12 @@ def test_every_named_query_exists_and_is_used() -> None:
 
 
 def test_queries_come_in_one_file_per_sender() -> None:
-    assert set(sqlfiles.query_files()) == {"service.sql", "sweeper.sql", "admin.sql"}
+    assert set(sqlfiles.query_files()) == {
+        "service.sql",
+        "sweeper.sql",
+        "admin.sql",
+        "producer.sql",
+    }
     assert all(sqlfiles.query_files().values())
 
 

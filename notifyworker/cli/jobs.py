@@ -28,10 +28,14 @@ def enqueue(
     max_attempts: Annotated[
         int, typer.Option(min=1, max=100, help="Starts the job may have (retries + 1).")
     ] = 1,
+    unique_key: Annotated[
+        str | None,
+        typer.Option(help="While a job with this key waits or runs, print its id instead."),
+    ] = None,
     database_url: DatabaseUrl = None,
     database_url_file: DatabaseUrlFile = None,
 ) -> None:
-    """Insert one job, exactly as an application's INSERT would."""
+    """Enqueue one job, as the producer API (and notifyworker.enqueue() in SQL) does."""
     settings = settings_from(
         database_url=database_url, database_url_file=database_url_file, log_level="WARNING"
     )
@@ -42,7 +46,7 @@ def enqueue(
     if not isinstance(data, dict):
         raise ConfigError("--payload must be a JSON object, like '{\"seconds\": 1}'")
     job_id = db.run_once(
-        settings.url(), admin.enqueue, task, data, object_id, timeout, max_attempts
+        settings.url(), admin.enqueue, task, data, object_id, timeout, max_attempts, unique_key
     )
     print(job_id)
 

@@ -48,6 +48,11 @@ class Session:
     def __init__(self, conn: psycopg.Connection[Row]) -> None:
         self._conn = conn
 
+    @property
+    def connection(self) -> psycopg.Connection[Row]:
+        """The connection itself, for the producer API (the CLI's enqueue goes through it)."""
+        return self._conn
+
     def rows(self, name: str, /, **params: Any) -> list[Row]:
         cur = self._conn.execute(query(name), params or None)
         return cur.fetchall() if cur.description else []

@@ -62,8 +62,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     job record;
+    holder bigint;
 BEGIN
-    SELECT j.status, j.attempts, j.max_attempts, j.attempts_before_retry, j.error
+    SELECT j.status, j.attempts, j.max_attempts, j.attempts_before_retry, j.error, j.unique_key
     INTO job
     FROM notifyworker.jobs AS j WHERE j.id = job_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -72,6 +73,16 @@ BEGIN
     IF job.status NOT IN ('failed', 'cancelled') THEN
         RAISE EXCEPTION 'job % is %: only a failed or cancelled job can be retried',
             job_id, job.status
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    -- A unique job's key may have gone to a newer job meanwhile: say which,
+    -- rather than fail on jobs_active_unique_key.
+    SELECT j.id INTO holder FROM notifyworker.jobs AS j
+    WHERE j.unique_key = job.unique_key AND j.status IN ('new', 'queued', 'running')
+    LIMIT 1;
+    IF holder IS NOT NULL THEN
+        RAISE EXCEPTION 'job % holds unique key %: job % can be retried once it ends',
+            holder, job.unique_key, job_id
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     UPDATE notifyworker.jobs

@@ -1,7 +1,7 @@
 -- What an operator sends through the CLI (and `up`), as the schema's owner.
 -- The worker role may read what it reads anyway and is refused the rest;
--- enqueue, cancel and retry are also what an application with notifyworker_app
--- may run (tests/test_roles.py). The same block format as service.sql.
+-- cancel and retry are also what an application with notifyworker_app may run
+-- (tests/test_roles.py). The same block format as service.sql.
 
 -- === Migrations (`notifyworker migrate`) ===
 
@@ -23,20 +23,7 @@ CREATE TABLE IF NOT EXISTS notifyworker.migrations (
 -- Marks one migration file applied, in the same transaction that ran it.
 INSERT INTO notifyworker.migrations (version, name) VALUES (%(version)s, %(name)s);
 
--- === Jobs (`enqueue`, `cancel`, `retry`) ===
-
--- enqueue --
--- What `notifyworker enqueue` and the demo producer run: the same INSERT any
--- application may write, the timeout left to the column default.
-INSERT INTO notifyworker.jobs (task, payload, object_id, max_attempts)
-VALUES (%(task)s, %(payload)s, %(object_id)s, %(max_attempts)s)
-RETURNING id;
-
--- enqueue_with_timeout --
--- The same, with the job's own timeout in seconds.
-INSERT INTO notifyworker.jobs (task, payload, object_id, max_attempts, timeout)
-VALUES (%(task)s, %(payload)s, %(object_id)s, %(max_attempts)s, make_interval(secs => %(timeout)s))
-RETURNING id;
+-- === Jobs (`cancel`, `retry`; `enqueue` sends producer.sql's) ===
 
 -- cancel_job --
 -- What `notifyworker cancel` runs: the same function applications call.
