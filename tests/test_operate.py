@@ -409,3 +409,23 @@ def test_job_command_shows_hostile_row_text_inert(
         "status: done [/oops]",
     ):
         assert literal in text, literal
+
+
+def test_retry_refuses_while_a_newer_job_holds_the_unique_key(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """The key went to a new job when the old one failed: retry says which, changes nothing."""
+    old = ended(conn, "failed")
+    conn.execute("UPDATE notifyworker.jobs SET unique_key = 'report-7' WHERE id = %s", (old,))
+    holder = scalar(conn, "SELECT notifyworker.enqueue('sleep', unique_key => 'report-7')")
+    assert holder != old
+    before = conn.execute(STORY, (old,)).fetchone()
+    message = f"job {holder} holds unique key report-7: job {old} can be retried once it ends"
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match=message):
+        conn.execute("SELECT notifyworker.retry(%s)", (old,))
+    result = cli("retry", str(old), env={"DATABASE_URL": database_url})
+    assert result.returncode == 1
+    assert one_line_error(result) == f"notifyworker: error: {message}"
+    assert conn.execute(STORY, (old,)).fetchone() == before
+    conn.execute("SELECT notifyworker.cancel(%s)", (holder,))
+    assert scalar(conn, "SELECT notifyworker.retry(%s)", old) == "new"

@@ -65,6 +65,11 @@ def redact(url: str) -> str:
 def translate(exc: psycopg.Error, url: str | None = None) -> errors.DatabaseError:
     """The project's exception for a driver exception, with a one-line message."""
     message = _one_line(exc, url)
+    if isinstance(exc, psycopg.errors.ObjectNotInPrerequisiteState) and exc.diag.message_primary:
+        # A refusal our own functions raise (retry()): their message is the whole
+        # story, without PL/pgSQL's CONTEXT line after it.
+        secrets = _password(url) if url else set()
+        message = _scrub(" ".join(exc.diag.message_primary.split()), secrets)
     if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName) and (
         "notifyworker" in message
     ):
