@@ -97,7 +97,12 @@ def migrations() -> tuple[Migration, ...]:
         if match is None:
             raise NotifyWorkerError(f"migration file {path.name} is not named NNNN_name.sql")
         found.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
+    # Sorted by name, so ascending; a number used twice is a mistake. A gap is not: a
+    # number is handed out before its branch lands, and branches land in any order.
     versions = [m.version for m in found]
-    if versions != list(range(1, len(found) + 1)):
-        raise NotifyWorkerError(f"migration versions must run 1, 2, 3…; found {versions}")
+    twice = sorted({v for v in versions if versions.count(v) > 1})
+    if twice or (versions and versions[0] < 1):
+        raise NotifyWorkerError(
+            f"migration versions must be unique and start from 1; found {versions}"
+        )
     return tuple(found)
