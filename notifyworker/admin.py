@@ -1,4 +1,4 @@
-"""The operator's units of work: enqueue, cancel, the fleet's rate, reports.
+"""The operator's units of work: enqueue, cancel, the fleet's rate, reports, schedules.
 
 What the CLI (and `up`'s demo and view) send, as sql/queries/admin.sql says;
 the worker's own are in `store`. Each function is sync and takes a `Session`,
@@ -7,8 +7,10 @@ run through `db.run_once` (the CLI) or `Database.run` (`up`).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from notifyworker.cron import ScheduleRow, schedule_rows
 from notifyworker.db import Session, json_param
 from notifyworker.models import JobId, JobRow, Summary
 
@@ -68,3 +70,21 @@ def set_rate(s: Session, rate: float | None) -> None:
 def get_rate(s: Session) -> float | None:
     row = s.one("get_rate")
     return None if row is None else float(row["value"])
+
+
+# === Schedules (`schedules`) ===
+
+
+def list_schedules(s: Session) -> tuple[list[ScheduleRow], datetime | None]:
+    """Every schedule, and PostgreSQL's clock (None when there is no schedule)."""
+    return schedule_rows(s.rows("list_schedules"))
+
+
+def remove_schedule(s: Session, name: str) -> bool:
+    """Delete a schedule; False if there is none by that name."""
+    return s.one("remove_schedule", name=name) is not None
+
+
+def pause_schedule(s: Session, name: str, paused: bool) -> bool:
+    """Pause or resume a schedule; False if there is none by that name."""
+    return s.one("pause_schedule", name=name, paused=paused) is not None
