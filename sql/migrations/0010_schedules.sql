@@ -33,11 +33,13 @@ CREATE TABLE notifyworker.schedules (
     -- belong to the definition before, and never fire.
     updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
 
+    -- 1 to 200 characters, no whitespace. The vertical tab is written \x0b:
+    -- PostgreSQL reads E'\v' as a plain 'v'.
     CONSTRAINT name_is_a_name CHECK (
-        length(name) BETWEEN 1 AND 200 AND translate(name, E' \t\r\n\v\f', '') = name
+        length(name) BETWEEN 1 AND 200 AND translate(name, E' \t\r\n\x0b\f', '') = name
     ),
     CONSTRAINT task_is_a_name CHECK (
-        length(task) BETWEEN 1 AND 200 AND translate(task, E' \t\r\n\v\f', '') = task
+        length(task) BETWEEN 1 AND 200 AND translate(task, E' \t\r\n\x0b\f', '') = task
     ),
     CONSTRAINT payload_is_an_object CHECK (jsonb_typeof(payload) = 'object'),
     CONSTRAINT cron_is_cron_shaped CHECK (
