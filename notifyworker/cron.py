@@ -54,8 +54,10 @@ NICKNAMES = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-# The shapes the table's constraints accept (name_is_a_name, task_is_a_name).
+# The lengths the table's constraints accept (name_is_a_name, task_is_a_name,
+# cron_is_cron_shaped).
 NAME_MAX = 200
+EXPRESSION_MAX = 200
 
 
 def name_problem(what: str, value: str) -> str | None:
@@ -69,10 +71,18 @@ class Cron:
     """A cron expression read in a time zone; every tick it yields is a UTC datetime."""
 
     def __init__(self, expression: str, tz: str = "UTC") -> None:
+        # One space between fields and nicknames in lower case: the table's shape.
         self.expression = " ".join(expression.split())
+        if self.expression.lower() in NICKNAMES:
+            self.expression = self.expression.lower()
         self.tz = tz
         self.zone = _zone(tz)
-        self._fields = NICKNAMES.get(self.expression.lower(), self.expression)
+        self._fields = NICKNAMES.get(self.expression, self.expression)
+        if len(self.expression) > EXPRESSION_MAX:
+            raise ConfigError(
+                f"invalid cron expression {expression[:EXPRESSION_MAX]!r}…: "
+                f"longer than {EXPRESSION_MAX} characters"
+            )
         try:
             CronSim(self._fields, datetime.now(self.zone))
         except CronSimError as exc:
