@@ -148,7 +148,12 @@ def test_every_named_query_exists_and_is_used() -> None:
 
 
 def test_queries_come_in_one_file_per_sender() -> None:
-    assert set(sqlfiles.query_files()) == {"service.sql", "sweeper.sql", "admin.sql"}
+    assert set(sqlfiles.query_files()) == {
+        "service.sql",
+        "sweeper.sql",
+        "scheduler.sql",
+        "admin.sql",
+    }
     assert all(sqlfiles.query_files().values())
 
 
