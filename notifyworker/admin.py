@@ -1,4 +1,4 @@
-"""The operator's units of work: enqueue, cancel, retry, the fleet's rate, reports.
+"""The operator's units of work: enqueue, cancel, retry, the fleet's rate, reports, schedules.
 
 What the CLI (and `up`'s demo and view) send, as sql/queries/admin.sql says
 (enqueue: the producer API's, sql/queries/producer.sql);
@@ -8,9 +8,11 @@ run through `db.run_once` (the CLI) or `Database.run` (`up`).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from notifyworker import db
+from notifyworker.cron import ScheduleRow, schedule_rows
 from notifyworker.db import Session
 from notifyworker.models import FoundJobs, JobId, JobRow, JobStory, Summary
 
@@ -115,3 +117,21 @@ def set_rate(s: Session, rate: float | None) -> None:
 def get_rate(s: Session) -> float | None:
     row = s.one("get_rate")
     return None if row is None else float(row["value"])
+
+
+# === Schedules (`schedules`) ===
+
+
+def list_schedules(s: Session) -> tuple[list[ScheduleRow], datetime | None]:
+    """Every schedule, and PostgreSQL's clock (None when there is no schedule)."""
+    return schedule_rows(s.rows("list_schedules"))
+
+
+def remove_schedule(s: Session, name: str) -> bool:
+    """Delete a schedule; False if there is none by that name."""
+    return s.one("remove_schedule", name=name) is not None
+
+
+def pause_schedule(s: Session, name: str, paused: bool) -> bool:
+    """Pause or resume a schedule; False if there is none by that name."""
+    return s.one("pause_schedule", name=name, paused=paused) is not None

@@ -3,8 +3,8 @@
     root task group
     ├── health server, job counts      (/livez, /readyz, /metrics; until the very end)
     ├── heartbeat                      (until the very end)
-    └── watchers task group            (listener, sweeper, recorder, ownership checks,
-        │                               deadline watch, grace timer, loop watch)
+    └── watchers task group            (listener, sweeper, scheduler, recorder, ownership
+        │                               checks, deadline watch, grace timer, loop watch)
         └── consumers task group       (`concurrency` consumers)
             └── claiming task group    (the claimer)
 
@@ -45,6 +45,7 @@ from notifyworker.metrics import Metrics, refresh_job_counts
 from notifyworker.models import RetryPolicy, WorkerId
 from notifyworker.ownership import Ownership
 from notifyworker.recorder import Recorder
+from notifyworker.scheduler import Scheduler
 from notifyworker.startup import join, sign_off
 from notifyworker.sweeper import Sweeper
 from notifyworker.tasks import Registry
@@ -75,6 +76,8 @@ class Worker:
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         self.registry = registry
+        # Declared schedules name tasks this worker runs, with payloads they accept.
+        registry.check_schedules()
         self.worker_id = new_worker_id()
         self.limiter = FixedIntervalLimiter(settings.rate)
         # Every attempt this worker holds, from claim to outcome.
@@ -138,6 +141,7 @@ class Worker:
             db, self.worker_id, settings.sweep_interval, settings.dead_worker_after,
             self.retry, self.metrics, demand,
         )  # fmt: skip
+        scheduler = Scheduler(db, self.registry.schedules)
         claimer = Claimer(
             db.url, self.worker_id, demand, inflight, recorder, self.limiter,
             poll_interval=settings.poll_interval,
@@ -156,7 +160,9 @@ class Worker:
         )
         listener = ListenConnection(db.url)
         loopwatch = LoopWatch(inflight)
-        self.readiness.watch(deaf(listener), silent(db), recorder.stalled, sweeper.stalled)
+        self.readiness.watch(
+            deaf(listener), silent(db), recorder.stalled, sweeper.stalled, scheduler.stalled
+        )
         self.metrics.readings.watch(
             listener=listener, recorder=recorder, sweeper=sweeper, slots=demand,
             limiter=self.limiter, concurrency=settings.concurrency,
@@ -184,6 +190,7 @@ class Worker:
                     settings.listener_check_interval,
                 )  # fmt: skip
                 watchers.start_soon(sweeper.sweep_forever)
+                watchers.start_soon(scheduler.run_forever)
                 watchers.start_soon(recorder.flush_forever)
                 watchers.start_soon(ownership.check_forever)
                 watchers.start_soon(watch_deadlines, inflight, WATCHDOG_INTERVAL)

@@ -1,9 +1,9 @@
 """The worker's units of work on the job table, each one thread hop.
 
-What a running worker and its sweeper do (sql/queries/service.sql and
-sweeper.sql); the operator's are in `admin`, migrations in `schema`. Each
-function here is sync and takes a `Session`; the service runs it through
-`Database.run`.
+What a running worker, its sweeper and its scheduler do (sql/queries/service.sql,
+sweeper.sql and scheduler.sql); the operator's are in `admin`, migrations in
+`schema`. Each function here is sync and takes a `Session`; the service runs it
+through `Database.run`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+from notifyworker.cron import Schedule, ScheduleRow, schedule_rows, tick_reference
 from notifyworker.db import Row, Session, json_param
 from notifyworker.errors import DatabaseError
 from notifyworker.models import (
@@ -223,3 +224,46 @@ def job_counts(s: Session) -> dict[JobStatus, float]:
     for row in s.rows("job_counts", cap=COUNT_CAP):
         counts[row["status"]] = row["jobs"]
     return counts
+
+
+# === The scheduler (sql/queries/scheduler.sql) ===
+
+
+def declare_schedule(s: Session, schedule: Schedule) -> bool | None:
+    """Create or update a declared schedule: True created, False updated, None as it was."""
+    row = s.one(
+        "declare_schedule",
+        name=schedule.name,
+        cron=schedule.cron,
+        tz=schedule.tz,
+        task=schedule.task,
+        payload=json_param(schedule.payload),
+        catch_up=schedule.catch_up,
+    )
+    return None if row is None else bool(row["created"])
+
+
+def load_schedules(s: Session) -> tuple[list[ScheduleRow], datetime | None]:
+    """Every schedule, and PostgreSQL's clock when they were read (None: no schedule)."""
+    return schedule_rows(s.rows("load_schedules"))
+
+
+def fire_tick(s: Session, schedule: ScheduleRow, tick: datetime) -> JobId | None:
+    """Fire one tick: its job's id, or None when another replica fired it (or it moved on)."""
+    with s.transaction():
+        claimed = s.one(
+            "fire_tick", name=schedule.name, cron=schedule.cron, tz=schedule.tz, tick=tick
+        )
+        if claimed is None:
+            return None
+        job = s.one(
+            "enqueue_tick", name=schedule.name, object_id=tick_reference(schedule.name, tick)
+        )
+        assert job is not None
+        return JobId(job["id"])
+
+
+def skip_ticks(s: Session, schedule: ScheduleRow, tick: datetime) -> bool:
+    """Move last_tick past missed ticks with no job (catch-up 'none'); False if already past."""
+    row = s.one("skip_ticks", name=schedule.name, cron=schedule.cron, tz=schedule.tz, tick=tick)
+    return row is not None

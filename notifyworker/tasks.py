@@ -16,12 +16,24 @@
 its handlers in the default registry as a side effect of the decorator. The
 decorator returns the `Task`, which still runs the handler when called and
 defers jobs of itself, checked by its model before anything is sent.
+
+A task may run on a cron schedule, declared beside it (the schedule takes the
+task's name, and an empty payload):
+
+    @task("report", schedule="0 * * * *", tz="Europe/Paris")
+    async def report(payload: Nothing) -> None: ...
+
+or with `schedule(name, cron, task=..., payload=...)` for several schedules of
+one task. A worker writes the declared schedules to notifyworker.schedules
+when it starts (`notifyworker.scheduler`); a malformed expression or zone, or
+a payload the task's model refuses, is a ConfigError at declaration.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +42,7 @@ from typing import Any, Generic, TypeVar, cast, get_type_hints
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from notifyworker.cron import CatchUp, Schedule
 from notifyworker.db import AsyncConnection, Connection, Job, enqueue_one, enqueue_one_async
 from notifyworker.errors import ConfigError, InvalidPayload, UnknownTask
 from notifyworker.models import JobId
@@ -128,14 +141,73 @@ class Registry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task[Any, Any]] = {}
+        self._schedules: dict[str, Schedule] = {}
 
-    def task(self, name: str) -> Callable[[Handler[M, R]], Task[M, R]]:
-        """Register an async handler whose one parameter is annotated with its payload model."""
+    def task(
+        self,
+        name: str,
+        *,
+        schedule: str | None = None,
+        tz: str = "UTC",
+        catch_up: CatchUp = "one",
+    ) -> Callable[[Handler[M, R]], Task[M, R]]:
+        """Register an async handler whose one parameter is annotated with its payload model.
+
+        With `schedule`, a cron expression read in `tz`, the task also runs on
+        that schedule (named after the task, with an empty payload).
+        """
+        # Checked before anything is registered: a bad expression registers nothing.
+        declared = None if schedule is None else Schedule(name, schedule, name, tz, {}, catch_up)
 
         def register(handler: Handler[M, R]) -> Task[M, R]:
-            return self.add(name, handler)
+            registered = self.add(name, handler)
+            if declared is not None:
+                self._declare(declared)
+            return registered
 
         return register
+
+    def schedule(
+        self,
+        name: str,
+        cron: str,
+        *,
+        task: str,
+        tz: str = "UTC",
+        payload: dict[str, Any] | None = None,
+        catch_up: CatchUp = "one",
+    ) -> Schedule:
+        """Declare a schedule: `task` runs with `payload` at every tick of `cron`, read in `tz`."""
+        declared = Schedule(name, cron, task, tz, payload or {}, catch_up)
+        self._declare(declared)
+        return declared
+
+    def _declare(self, schedule: Schedule) -> None:
+        if schedule.name in self._schedules:
+            raise ConfigError(f"schedule {schedule.name!r} is declared twice")
+        if schedule.task in self._tasks:
+            self._check_payload(schedule)
+        self._schedules[schedule.name] = schedule
+
+    @property
+    def schedules(self) -> tuple[Schedule, ...]:
+        return tuple(self._schedules.values())
+
+    def check_schedules(self) -> None:
+        """Every declared schedule names a task of this registry, with a payload it accepts."""
+        for schedule in self._schedules.values():
+            if schedule.task not in self._tasks:
+                raise ConfigError(
+                    f"schedule {schedule.name!r} names task {schedule.task!r}, "
+                    "which no tasks module registers"
+                )
+            self._check_payload(schedule)
+
+    def _check_payload(self, schedule: Schedule) -> None:
+        try:
+            self._tasks[schedule.task].parse(json.dumps(schedule.payload))
+        except InvalidPayload as exc:
+            raise ConfigError(f"schedule {schedule.name!r}: {exc}") from None
 
     def add(self, name: str, handler: Handler[M, R]) -> Task[M, R]:
         if name in self._tasks:
@@ -195,6 +267,7 @@ registry = Registry()
 task = registry.task
 defer = registry.defer
 defer_async = registry.defer_async
+schedule = registry.schedule
 
 
 class SleepPayload(BaseModel):

@@ -10,7 +10,7 @@
 -- Applied to an empty database (psql -v ON_ERROR_STOP=1 -f sql/schema.sql) it
 -- builds that same schema, recorded as migrated up to the last file.
 --
--- Up to date with: 0012_retry.
+-- Up to date with: 0013_task_names_with_v.
 
 BEGIN;
 
@@ -72,7 +72,7 @@ CREATE TABLE notifyworker.jobs (
     -- Named constraints, so that PostgreSQL's own error says what was wrong.
     -- 1 to 200 characters, no whitespace (no regex: checked on every UPDATE).
     CONSTRAINT task_is_a_name CHECK (
-        length(task) BETWEEN 1 AND 200 AND translate(task, E' \t\r\n\v\f', '') = task
+        length(task) BETWEEN 1 AND 200 AND translate(task, E' \t\r\n\x0b\f', '') = task
     ),
     CONSTRAINT payload_is_an_object CHECK (jsonb_typeof(payload) = 'object'),
     CONSTRAINT status_is_known CHECK (
@@ -130,6 +130,52 @@ CREATE TABLE notifyworker.sweeper (
     one       boolean PRIMARY KEY DEFAULT true CONSTRAINT sweeper_has_one_row CHECK (one),
     swept_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     swept_by  text
+);
+
+-- Cron schedules. Every worker's scheduler fires a due tick by moving
+-- last_tick forward to it (compare-and-set) and inserting its job in the same
+-- transaction, so each tick makes exactly one job whatever the replicas. The
+-- cron expression and time zone are parsed by the worker (a row that passes
+-- these constraints and still does not parse is skipped with one warning).
+CREATE TABLE notifyworker.schedules (
+    name       text PRIMARY KEY,
+    -- Five fields (minute hour day-of-month month day-of-week), six with
+    -- seconds first, or a nickname such as @daily; read in `tz`.
+    cron       text NOT NULL,
+    -- An IANA time zone name, e.g. Europe/Paris.
+    tz         text NOT NULL DEFAULT 'UTC',
+    task       text NOT NULL,
+    payload    jsonb NOT NULL DEFAULT '{}',
+    -- A paused schedule fires nothing; resumed, it starts from its next tick.
+    paused     boolean NOT NULL DEFAULT false,
+    -- After ticks were missed (no scheduler ran for a while): 'one' fires the
+    -- latest of them once, 'none' fires none; never one job per missed tick.
+    catch_up   text NOT NULL DEFAULT 'one',
+    -- The last tick fired (or skipped); only ever moves forward.
+    last_tick  timestamptz,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- The last change of the definition (not of last_tick): ticks before it
+    -- belong to the definition before, and never fire.
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+
+    -- 1 to 200 characters, no whitespace. The vertical tab is written \x0b:
+    -- PostgreSQL reads E'\v' as a plain 'v'.
+    CONSTRAINT name_is_a_name CHECK (
+        length(name) BETWEEN 1 AND 200 AND translate(name, E' \t\r\n\x0b\f', '') = name
+    ),
+    CONSTRAINT task_is_a_name CHECK (
+        length(task) BETWEEN 1 AND 200 AND translate(task, E' \t\r\n\x0b\f', '') = task
+    ),
+    CONSTRAINT payload_is_an_object CHECK (jsonb_typeof(payload) = 'object'),
+    CONSTRAINT cron_is_cron_shaped CHECK (
+        length(cron) <= 200
+        AND cron ~ '^(@[a-z]+|[0-9A-Za-z*/,#-]+( +[0-9A-Za-z*/,#-]+){4,5})$'
+    ),
+    CONSTRAINT tz_is_zone_shaped CHECK (
+        length(tz) <= 64 AND tz ~ '^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$'
+    ),
+    CONSTRAINT catch_up_is_known CHECK (catch_up IN ('one', 'none')),
+    CONSTRAINT last_tick_is_finite CHECK (isfinite(last_tick))
 );
 
 -- The migration files applied. `notifyworker migrate` creates it before the
@@ -480,6 +526,22 @@ BEGIN
 END;
 $$;
 
+-- Stamps a schedule's updated_at when its definition changes, from any
+-- client; firing a tick (last_tick alone) is not a change.
+CREATE FUNCTION notifyworker.schedule_changed_v1() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF (NEW.name, NEW.cron, NEW.tz, NEW.task, NEW.payload, NEW.paused, NEW.catch_up)
+        IS DISTINCT FROM
+       (OLD.name, OLD.cron, OLD.tz, OLD.task, OLD.payload, OLD.paused, OLD.catch_up) THEN
+        NEW.updated_at := clock_timestamp();
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
 -- The insert trigger's body (below).
 CREATE FUNCTION notifyworker.notify_jobs_inserted_v1() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -500,6 +562,10 @@ $$;
 CREATE TRIGGER jobs_inserted_notify
     AFTER INSERT ON notifyworker.jobs
     FOR EACH STATEMENT EXECUTE FUNCTION notifyworker.notify_jobs_inserted_v1();
+
+CREATE TRIGGER schedules_changed
+    BEFORE UPDATE ON notifyworker.schedules
+    FOR EACH ROW EXECUTE FUNCTION notifyworker.schedule_changed_v1();
 
 
 -- ============================================================================
@@ -541,10 +607,19 @@ GRANT EXECUTE ON FUNCTION notifyworker.enqueue_many(
     text[], jsonb[], text[], interval[], integer[], timestamptz[], text[]) TO notifyworker_app;
 GRANT EXECUTE ON FUNCTION notifyworker.enqueue(
     text, jsonb, text, interval, integer, timestamptz, text) TO notifyworker_app;
+-- It may manage schedules, which make only jobs it could insert itself; it
+-- cannot set last_tick, so it cannot make a tick fire twice.
+GRANT SELECT, DELETE ON notifyworker.schedules TO notifyworker_app;
+GRANT INSERT (name, cron, tz, task, payload, paused, catch_up) ON notifyworker.schedules
+    TO notifyworker_app;
+GRANT UPDATE (cron, tz, task, payload, paused, catch_up) ON notifyworker.schedules
+    TO notifyworker_app;
 
 -- The worker: claim and record jobs, keep its registry row, sweep, read the
--- rate setting and the migration record. It never inserts or deletes jobs and
--- cannot change the schema or the settings.
+-- rate setting and the migration record, sync the schedules declared in code
+-- and fire their ticks. The only jobs it inserts are its schedules' (task,
+-- payload, object_id); it deletes none, cannot pause or delete a schedule,
+-- and cannot change the schema or the settings.
 GRANT USAGE ON SCHEMA notifyworker TO notifyworker_worker;
 GRANT SELECT ON notifyworker.jobs TO notifyworker_worker;
 GRANT UPDATE (
@@ -556,6 +631,12 @@ GRANT SELECT ON notifyworker.settings TO notifyworker_worker;
 -- SELECT … FOR UPDATE (the sweep lease) needs UPDATE.
 GRANT SELECT, UPDATE ON notifyworker.sweeper TO notifyworker_worker;
 GRANT SELECT ON notifyworker.migrations TO notifyworker_worker;
+GRANT SELECT ON notifyworker.schedules TO notifyworker_worker;
+GRANT INSERT (name, cron, tz, task, payload, catch_up) ON notifyworker.schedules
+    TO notifyworker_worker;
+GRANT UPDATE (cron, tz, task, payload, catch_up, last_tick) ON notifyworker.schedules
+    TO notifyworker_worker;
+GRANT INSERT (task, payload, object_id) ON notifyworker.jobs TO notifyworker_worker;
 
 -- Functions are executable by everyone unless revoked: cancel(), retry() and
 -- the enqueue functions are the application's, the state machine's the worker's.
@@ -597,6 +678,8 @@ INSERT INTO notifyworker.migrations (version, name) VALUES
     (7, 'rate_bounds'),
     (8, 'settle'),
     (9, 'unique_jobs'),
-    (12, 'retry');
+    (10, 'schedules'),
+    (12, 'retry'),
+    (13, 'task_names_with_v');
 
 COMMIT;

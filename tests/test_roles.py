@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, LiteralString
 
 import psycopg
@@ -53,6 +53,11 @@ SAMPLES: dict[str, Any] = {
     "max_attempts_each": [2, None],
     "run_ats": None,
     "unique_keys": ["k", None],
+    "cron": "* * * * * *",
+    "tz": "UTC",
+    "catch_up": "one",
+    "tick": datetime(2026, 1, 1, tzinfo=UTC),
+    "paused": True,
 }
 # Who, besides the schema's owner, may send each statement of admin.sql and
 # producer.sql, by design.
@@ -71,9 +76,13 @@ SENDERS: dict[str, set[str]] = {
     "job_story": {"worker", "app"},
     "summary_since": {"worker", "app"},
     "last_job_id": {"worker", "app"},
-    # producer.sql: the application's (the worker never inserts jobs)
+    # producer.sql: the application's (the worker inserts only its schedules' jobs, by plain INSERT)
     "enqueue_job": {"app"},
     "enqueue_jobs": {"app"},
+    # the application may manage schedules from SQL (0010_schedules.sql), so the CLI's too
+    "list_schedules": {"worker", "app"},
+    "remove_schedule": {"app"},
+    "pause_schedule": {"app"},
 }
 
 
@@ -132,14 +141,44 @@ def test_the_app_role_inserts_reads_cancels_and_retries_and_nothing_else(
             assert refused(app, statement), statement
 
 
+def test_the_app_role_manages_schedules_but_cannot_make_a_tick_fire_twice(
+    database_url: str, conn: psycopg.Connection[Any], login_role: tuple[str, str]
+) -> None:
+    grant(conn, "notifyworker_app", login_role[0])
+    with psycopg.connect(url_as(database_url, login_role), autocommit=True) as app:
+        app.execute(
+            "INSERT INTO notifyworker.schedules (name, cron, tz, task, payload, catch_up)"
+            " VALUES ('nightly', '0 3 * * *', 'Europe/Paris', 'sleep', '{}', 'none')"
+        )
+        app.execute("UPDATE notifyworker.schedules SET paused = true, cron = '0 4 * * *'")
+        assert scalar(app, "SELECT paused FROM notifyworker.schedules") is True
+        for statement in (
+            "UPDATE notifyworker.schedules SET last_tick = now() - interval '1 day'",
+            "UPDATE notifyworker.schedules SET updated_at = now() - interval '1 day'",
+            "INSERT INTO notifyworker.schedules (name, cron, task, last_tick)"
+            " VALUES ('again', '* * * * *', 'sleep', now() - interval '1 day')",
+            "INSERT INTO notifyworker.jobs (task, object_id, status) VALUES ('sleep', 'x', 'done')",
+        ):
+            assert refused(app, statement), statement
+        app.execute("DELETE FROM notifyworker.schedules WHERE name = 'nightly'")
+        assert scalar(app, "SELECT count(*) FROM notifyworker.schedules") == 0
+
+
 def test_the_worker_role_runs_jobs_and_cannot_do_more(
     database_url: str, conn: psycopg.Connection[Any], login_role: tuple[str, str]
 ) -> None:
     grant(conn, "notifyworker_worker", login_role[0])
     with psycopg.connect(url_as(database_url, login_role), autocommit=True) as worker:
         for statement in (
-            "INSERT INTO notifyworker.jobs (task) VALUES ('sleep')",
+            # It inserts its schedules' jobs (task, payload, object_id), nothing more.
+            "INSERT INTO notifyworker.jobs (task, status) VALUES ('sleep', 'done')",
+            "INSERT INTO notifyworker.jobs (task, max_attempts) VALUES ('sleep', 100)",
+            "INSERT INTO notifyworker.jobs (task, run_at) VALUES ('sleep', now())",
             "DELETE FROM notifyworker.jobs",
+            "DELETE FROM notifyworker.schedules",
+            "UPDATE notifyworker.schedules SET paused = true",
+            "INSERT INTO notifyworker.schedules (name, cron, task, last_tick)"
+            " VALUES ('s', '* * * * *', 'sleep', now())",
             "UPDATE notifyworker.jobs SET task = 'other', payload = '{}'",
             "UPDATE notifyworker.jobs SET max_attempts = 100",
             "INSERT INTO notifyworker.settings (name, value) VALUES ('rate', 1)",
@@ -202,7 +241,7 @@ def sent(conn: psycopg.Connection[Any], statement: LiteralString, samples: dict[
         conn.execute(statement, params or None)
 
 
-def test_the_worker_role_may_send_every_statement_of_the_worker_and_the_sweeper(
+def test_the_worker_role_may_send_every_statement_of_the_worker_sweeper_and_scheduler(
     database_url: str, conn: psycopg.Connection[Any], login_role: tuple[str, str]
 ) -> None:
     grant(conn, "notifyworker_worker", login_role[0])
@@ -232,8 +271,13 @@ def test_the_worker_role_may_send_every_statement_of_the_worker_and_the_sweeper(
         "results": [None],
         "errors": ["it broke"],
     }
+    # A schedule to declare again, fire a tick of and skip ticks of.
+    conn.execute(
+        "INSERT INTO notifyworker.schedules (name, cron, task)"
+        " VALUES ('nothing', '* * * * * *', 'sleep')"
+    )
     files = sqlfiles.query_files()
-    statements = {**files["service.sql"], **files["sweeper.sql"]}
+    statements = {**files["service.sql"], **files["sweeper.sql"], **files["scheduler.sql"]}
     failed = []
     with psycopg.connect(url_as(database_url, login_role), autocommit=True) as worker:
         for name, statement in statements.items():

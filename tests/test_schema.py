@@ -117,6 +117,23 @@ def test_malformed_insert_is_rejected_by_a_named_constraint(
         conn.execute(f"INSERT INTO notifyworker.jobs ({columns}) VALUES ({values})".encode())
 
 
+@pytest.mark.parametrize("task", ["invoice", "deliver", "send.v2", "ünïcode"])
+def test_any_task_name_without_whitespace_is_taken(
+    conn: psycopg.Connection[Any], task: str
+) -> None:
+    """0002 wrote the vertical tab as E'\\v', which PostgreSQL reads as 'v' (fixed by 0013)."""
+    assert (
+        scalar(conn, "INSERT INTO notifyworker.jobs (task) VALUES (%s) RETURNING task", task)
+        == task
+    )
+
+
+@pytest.mark.parametrize("space", [" ", "\t", "\n", "\r", "\x0b", "\x0c"])
+def test_a_task_name_with_whitespace_is_refused(conn: psycopg.Connection[Any], space: str) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation, match="task_is_a_name"):
+        conn.execute("INSERT INTO notifyworker.jobs (task) VALUES (%s)", (f"send{space}mail",))
+
+
 def test_missing_task_is_rejected(conn: psycopg.Connection[Any]) -> None:
     with pytest.raises(psycopg.errors.NotNullViolation, match='"task"'):
         conn.execute("INSERT INTO notifyworker.jobs (payload) VALUES ('{}')")
@@ -153,6 +170,7 @@ def test_queries_come_in_one_file_per_sender() -> None:
     assert set(sqlfiles.query_files()) == {
         "service.sql",
         "sweeper.sql",
+        "scheduler.sql",
         "admin.sql",
         "producer.sql",
     }

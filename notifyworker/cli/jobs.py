@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import Annotated, get_args
@@ -11,7 +10,7 @@ import typer
 from rich.console import Console
 
 from notifyworker import admin, console, db
-from notifyworker.cli.options import DatabaseUrl, DatabaseUrlFile, settings_from
+from notifyworker.cli.options import DatabaseUrl, DatabaseUrlFile, payload_object, settings_from
 from notifyworker.errors import ConfigError
 from notifyworker.models import MAX_RATE, MIN_RATE, FoundJobs, JobId, JobStatus, rate_problem
 
@@ -39,12 +38,7 @@ def enqueue(
     settings = settings_from(
         database_url=database_url, database_url_file=database_url_file, log_level="WARNING"
     )
-    try:
-        data = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--payload is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError("--payload must be a JSON object, like '{\"seconds\": 1}'")
+    data = payload_object(payload)
     job_id = db.run_once(
         settings.url(), admin.enqueue, task, data, object_id, timeout, max_attempts, unique_key
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,6 +11,7 @@ import typer
 
 from notifyworker import config, dburl
 from notifyworker.config import Settings
+from notifyworker.errors import ConfigError
 from notifyworker.models import MAX_RATE, MIN_RATE
 
 log = logging.getLogger("notifyworker")
@@ -76,3 +78,14 @@ def settings_from(**flags: Any) -> Settings:
             "can read it (ps): use DATABASE_URL or --database-url-file instead"
         )
     return settings
+
+
+def payload_object(text: str) -> dict[str, Any]:
+    """A --payload option's JSON object, or one line saying what is wrong with it."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--payload is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("--payload must be a JSON object, like '{\"seconds\": 1}'")
+    return data

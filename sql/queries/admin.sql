@@ -119,3 +119,25 @@ WHERE id > %(after_id)s;
 -- last_job_id --
 -- Where `up` starts counting its own jobs.
 SELECT coalesce(max(id), 0) AS id FROM notifyworker.jobs;
+
+-- === Schedules (`schedules`) ===
+-- `schedules add` sends declare_schedule (scheduler.sql), as a worker does
+-- for the schedules declared in code.
+
+-- list_schedules --
+-- Every schedule with what `schedules` shows, and PostgreSQL's clock, from
+-- which the next run times are computed.
+SELECT name, cron, tz, task, payload, paused, catch_up, last_tick, created_at, updated_at,
+       clock_timestamp() AS now
+FROM notifyworker.schedules
+ORDER BY name;
+
+-- remove_schedule --
+-- Its jobs already enqueued stay; a schedule declared in code comes back when
+-- a worker that declares it starts.
+DELETE FROM notifyworker.schedules WHERE name = %(name)s RETURNING name;
+
+-- pause_schedule --
+-- Paused (true) or resumed (false). Resumed, it fires from its next tick:
+-- the ticks of the pause never run (updated_at moves, see schedule_changed_v1).
+UPDATE notifyworker.schedules SET paused = %(paused)s WHERE name = %(name)s RETURNING name;
