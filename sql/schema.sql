@@ -10,7 +10,7 @@
 -- Applied to an empty database (psql -v ON_ERROR_STOP=1 -f sql/schema.sql) it
 -- builds that same schema, recorded as migrated up to the last file.
 --
--- Up to date with: 0008_settle.
+-- Up to date with: 0011_retention.
 
 BEGIN;
 
@@ -116,6 +116,16 @@ CREATE TABLE notifyworker.sweeper (
     swept_by  text
 );
 
+-- One row: whoever holds its lock prunes a batch of finished jobs (a row lock
+-- only the worker role may take, apart from the sweeper's so a batch never
+-- holds that); the fleet's next batch is not due before due_at.
+CREATE TABLE notifyworker.pruner (
+    one        boolean PRIMARY KEY DEFAULT true CONSTRAINT pruner_has_one_row CHECK (one),
+    due_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    pruned_at  timestamptz,
+    pruned_by  text
+);
+
 -- The migration files applied. `notifyworker migrate` creates it before the
 -- first one runs (migrate_bookkeeping in sql/queries/admin.sql).
 CREATE TABLE notifyworker.migrations (
@@ -136,6 +146,11 @@ CREATE INDEX jobs_waiting ON notifyworker.jobs (run_at, id) WHERE status = 'new'
 -- The sweeper, the rescue and shutdown read only the jobs that sit on a worker.
 CREATE INDEX jobs_on_worker ON notifyworker.jobs (worker_id, status)
     WHERE status IN ('queued', 'running');
+
+-- Retention deletes finished jobs by status, oldest first: a batch reads only
+-- the rows it deletes. Active rows never enter it.
+CREATE INDEX jobs_finished ON notifyworker.jobs (status, finished_at)
+    WHERE status IN ('done', 'failed', 'cancelled');
 
 
 -- ============================================================================
@@ -240,6 +255,19 @@ AS $$
     RETURNING j.id, j.status
 $$;
 
+-- Deletes those of `ids` that are finished; returns what it deleted. The
+-- pruner picks the rows (prune_finished) and locks them; this deletes them.
+-- SECURITY DEFINER: the worker role may delete no row itself.
+CREATE FUNCTION notifyworker.delete_finished_v1(ids bigint[])
+RETURNS TABLE (id bigint, status text)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    DELETE FROM notifyworker.jobs AS j
+    WHERE j.id = ANY (ids) AND j.status IN ('done', 'failed', 'cancelled')
+    RETURNING j.id, j.status
+$$;
+
 -- Cancels a job from SQL: a waiting job never starts; a claimed or running one
 -- ends `cancelled` at once in the table, and its worker, told through NOTIFY,
 -- cancels the handler. A finished job is left as it is. Returns the job's
@@ -326,8 +354,9 @@ GRANT INSERT (task, payload, object_id, timeout, max_attempts, run_at)
     ON notifyworker.jobs TO notifyworker_app;
 GRANT EXECUTE ON FUNCTION notifyworker.cancel(bigint) TO notifyworker_app;
 
--- The worker: claim and record jobs, keep its registry row, sweep, read the
--- rate setting and the migration record. It never inserts or deletes jobs and
+-- The worker: claim and record jobs, keep its registry row, sweep, prune
+-- finished jobs, read the rate setting and the migration record. It never
+-- inserts jobs, deletes only finished ones (through delete_finished_v1), and
 -- cannot change the schema or the settings.
 GRANT USAGE ON SCHEMA notifyworker TO notifyworker_worker;
 GRANT SELECT ON notifyworker.jobs TO notifyworker_worker;
@@ -339,6 +368,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON notifyworker.workers TO notifyworker_wor
 GRANT SELECT ON notifyworker.settings TO notifyworker_worker;
 -- SELECT … FOR UPDATE (the sweep lease) needs UPDATE.
 GRANT SELECT, UPDATE ON notifyworker.sweeper TO notifyworker_worker;
+GRANT SELECT, UPDATE ON notifyworker.pruner TO notifyworker_worker;
 GRANT SELECT ON notifyworker.migrations TO notifyworker_worker;
 
 -- Functions are executable by everyone unless revoked: cancel() is the
@@ -358,6 +388,8 @@ GRANT EXECUTE ON FUNCTION notifyworker.kill_running_v1(
 REVOKE ALL ON FUNCTION notifyworker.take_back_unstarted(text, bigint[], integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION notifyworker.take_back_unstarted(text, bigint[], integer)
     TO notifyworker_worker;
+REVOKE ALL ON FUNCTION notifyworker.delete_finished_v1(bigint[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION notifyworker.delete_finished_v1(bigint[]) TO notifyworker_worker;
 
 
 -- ============================================================================
@@ -365,6 +397,7 @@ GRANT EXECUTE ON FUNCTION notifyworker.take_back_unstarted(text, bigint[], integ
 -- ============================================================================
 
 INSERT INTO notifyworker.sweeper DEFAULT VALUES;
+INSERT INTO notifyworker.pruner DEFAULT VALUES;
 
 INSERT INTO notifyworker.migrations (version, name) VALUES
     (1, 'jobs_and_workers'),
@@ -374,6 +407,7 @@ INSERT INTO notifyworker.migrations (version, name) VALUES
     (5, 'roles'),
     (6, 'hardening'),
     (7, 'rate_bounds'),
-    (8, 'settle');
+    (8, 'settle'),
+    (11, 'retention');
 
 COMMIT;
