@@ -3,8 +3,8 @@
     root task group
     ├── health server, job counts      (/livez, /readyz, /metrics; until the very end)
     ├── heartbeat                      (until the very end)
-    └── watchers task group            (listener, sweeper, recorder, ownership checks,
-        │                               deadline watch, grace timer, loop watch)
+    └── watchers task group            (listener, sweeper, pruner, recorder, ownership
+        │                               checks, deadline watch, grace timer, loop watch)
         └── consumers task group       (`concurrency` consumers)
             └── claiming task group    (the claimer)
 
@@ -43,6 +43,7 @@ from notifyworker.loopwatch import LoopWatch
 from notifyworker.metrics import Metrics, refresh_job_counts
 from notifyworker.models import RetryPolicy, WorkerId
 from notifyworker.ownership import Ownership
+from notifyworker.pruner import Pruner
 from notifyworker.recorder import Recorder
 from notifyworker.startup import join, sign_off
 from notifyworker.sweeper import Sweeper
@@ -56,7 +57,8 @@ FINAL_WRITE_LIMIT = 10.0
 # How often the worker checks its own running jobs against their deadlines.
 WATCHDOG_INTERVAL = 0.5
 # Pooled connections a worker needs (the listener and the claimer have their
-# own): the recorder's flushes, the sweeper, the heartbeat, and some slack.
+# own): the recorder's flushes, the sweeper, the pruner, the heartbeat, and
+# some slack.
 POOL_SIZE = 6
 # Ready only while some unit of work reached the database within this many
 # heartbeat intervals (the heartbeat alone makes one every interval), and
@@ -181,6 +183,12 @@ class Worker:
                     settings.listener_check_interval,
                 )  # fmt: skip
                 watchers.start_soon(sweeper.sweep_forever)
+                if settings.retention().rules():
+                    pruner = Pruner(
+                        db, self.worker_id, settings.retention(), settings.prune_batch,
+                        settings.prune_interval, self.metrics,
+                    )  # fmt: skip
+                    watchers.start_soon(pruner.prune_forever)
                 watchers.start_soon(recorder.flush_forever)
                 watchers.start_soon(ownership.check_forever)
                 watchers.start_soon(watch_deadlines, inflight, WATCHDOG_INTERVAL)
