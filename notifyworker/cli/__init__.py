@@ -1,4 +1,4 @@
-"""The `notifyworker` command: up, run, migrate, check, enqueue, cancel, rate, jobs.
+"""The `notifyworker` command: up, run, migrate, check, enqueue, cancel, rate, jobs, prune.
 
 Typer gives typed options, help and shell completion for free; settings still
 come from one pydantic-settings model (flags override NOTIFYWORKER_* env vars).
@@ -8,7 +8,7 @@ commands are registered here, in the order `--help` lists them.
 
 from __future__ import annotations
 
-from notifyworker.cli import jobs, worker
+from notifyworker.cli import jobs, prune, worker
 from notifyworker.cli.app import app, main
 
 for command in (worker.migrate, worker.check, worker.run, worker.up, jobs.enqueue, jobs.cancel):
@@ -16,5 +16,6 @@ for command in (worker.migrate, worker.check, worker.run, worker.up, jobs.enqueu
 # `rate -1` is a value to refuse with a clear message, not an unknown option.
 app.command(context_settings={"ignore_unknown_options": True})(jobs.rate)
 app.command()(jobs.jobs)
+app.command()(prune.prune)
 
 __all__ = ["app", "main"]
