@@ -75,3 +75,29 @@ def test_the_retry_rule_is_inlined_into_the_hot_path(conn: psycopg.Connection[An
     plan = json.dumps(row[0])
     assert "max_attempts" in plan  # the rule's expression, in place
     assert "will_retry" not in plan
+
+
+def test_the_prune_reads_only_the_finished_rows_it_deletes(conn: psycopg.Connection[Any]) -> None:
+    """A batch walks jobs_finished, oldest first per status, never the table or the hot indexes."""
+    fill(conn)
+    plan = plan_text(
+        conn,
+        "prune_finished",
+        statuses=["done", "failed", "cancelled"],
+        older_than=[86_400.0, 604_800.0, 604_800.0],
+        limit=1000,
+    )
+    assert "jobs_finished" in plan
+    assert "Seq Scan on jobs" not in plan
+    # The index gives the order: no batch sorts every expired row to delete a thousand.
+    assert not [key for key in sort_keys(json.loads(plan)) if "finished_at" in key]
+
+
+def sort_keys(node: Any) -> list[str]:
+    """Every Sort Key anywhere in an EXPLAIN (FORMAT JSON) plan."""
+    if isinstance(node, list):
+        return [key for item in node for key in sort_keys(item)]
+    if isinstance(node, dict):
+        own = list(node.get("Sort Key", []))
+        return own + [key for value in node.values() for key in sort_keys(value)]
+    return []
