@@ -2,7 +2,7 @@
 
     python -m benchmarks.churn [--minutes 10] [--rate 1000] [--retention 60] [--sample 30]
                                [--snapshot 120] [--output FILE]
-    just bench --soak            (the same, with its defaults: the full soak, about 25 minutes)
+    just bench --soak            (the same, with its defaults: the full soak, about 21 minutes)
 
 Two phases, each on a fresh database: a producer inserts `rate` jobs a second
 (a statement every 100 ms) for `minutes`, one `notifyworker run` (concurrency

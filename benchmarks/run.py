@@ -528,7 +528,7 @@ def main() -> None:
     parser.add_argument(
         "--soak",
         action="store_true",
-        help="the churn soak instead (benchmarks/churn.py; about 25 minutes; its own options)",
+        help="the churn soak instead (benchmarks/churn.py; about 21 minutes; its own options)",
     )
     parser.add_argument("--output", type=Path, help="also write the report here")
     args = parser.parse_args()
