@@ -55,6 +55,7 @@ setup:
     fi
 
 # notifyworker vs PgQueuer vs Procrastinate in one run; `just bench --quick` for a 2-minute pass.
+# `just bench --soak` runs the churn soak instead (retention under 1,000 jobs/s, about 21 minutes).
 bench *args: setup
     {{bin}}/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
     {{bin}}/python -m benchmarks.run {{args}}

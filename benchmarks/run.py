@@ -1,6 +1,7 @@
 """`just bench`: notifyworker side by side with PgQueuer and Procrastinate, in one run.
 
     python -m benchmarks.run [--quick] [--output FILE]
+    python -m benchmarks.run --soak [churn options]   (benchmarks/churn.py instead)
 
 Every system runs in its own processes against its own database on the same
 PostgreSQL (DATABASE_URL's server, else 127.0.0.1:5432, else an embedded one).
@@ -551,8 +552,18 @@ def report(bench: Bench, quick: bool, parts: dict[str, Any], seconds: float) -> 
 
 
 def main() -> None:
+    if "--soak" in sys.argv[1:]:
+        from benchmarks.churn import main as soak
+
+        soak([arg for arg in sys.argv[1:] if arg != "--soak"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
+    parser.add_argument(
+        "--soak",
+        action="store_true",
+        help="the churn soak instead (benchmarks/churn.py; about 21 minutes; its own options)",
+    )
     parser.add_argument("--output", type=Path, help="also write the report here")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:

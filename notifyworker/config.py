@@ -24,7 +24,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from notifyworker import dburl
 from notifyworker.errors import ConfigError
-from notifyworker.models import rate_problem
+from notifyworker.models import (
+    FOREVER,
+    Retention,
+    duration_problem,
+    parse_duration,
+    rate_problem,
+)
 
 # Where `up` keeps its embedded PostgreSQL between runs, relative to the cwd.
 DEFAULT_DATA_DIR = Path(".notifyworker/pg")
@@ -104,6 +110,26 @@ class Settings(BaseSettings):
         le=86_400,
         description="How long `run` retries an unreachable database before giving up; 0: forever.",
     )
+    # Retention: seconds a finished job is kept, by its status; None ("forever"): kept.
+    retention_done: float | None = Field(
+        default=86_400.0, description="How long a done job is kept: a duration, or forever."
+    )
+    retention_failed: float | None = Field(
+        default=7 * 86_400.0, description="How long a failed job is kept: a duration, or forever."
+    )
+    retention_cancelled: float | None = Field(
+        default=7 * 86_400.0,
+        description="How long a cancelled job is kept: a duration, or forever.",
+    )
+    prune_batch: int = Field(
+        default=1000, ge=1, le=100_000, description="Most finished jobs one prune batch deletes."
+    )
+    prune_interval: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="How often the fleet looks for expired jobs when the last batch was not full.",
+    )
     tasks: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="Modules to import that register task handlers (comma-separated)."
     )
@@ -145,6 +171,22 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return value
 
+    @field_validator("retention_done", "retention_failed", "retention_cancelled", mode="before")
+    @classmethod
+    def _retention_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.strip().lower() == FOREVER:
+                return None
+            return parse_duration(value)
+        return value
+
+    @field_validator("retention_done", "retention_failed", "retention_cancelled")
+    @classmethod
+    def _retention_rule(cls, value: float | None) -> float | None:
+        if value is not None and (problem := duration_problem(value)):
+            raise ValueError(problem)
+        return value
+
     @field_validator("tasks", mode="before")
     @classmethod
     def _split_tasks(cls, value: Any) -> Any:
@@ -175,6 +217,9 @@ class Settings(BaseSettings):
                 "or live workers would be declared dead"
             )
         return self
+
+    def retention(self) -> Retention:
+        return Retention(self.retention_done, self.retention_failed, self.retention_cancelled)
 
     def url(self) -> str:
         if self.database_url is None:

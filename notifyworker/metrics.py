@@ -30,7 +30,14 @@ from notifyworker import store
 from notifyworker.db import Database
 from notifyworker.errors import ConnectionLost
 from notifyworker.gauges import Readings
-from notifyworker.models import ClaimedJob, JobStatus, Outcome, SweepReport, pickup_seconds
+from notifyworker.models import (
+    ClaimedJob,
+    JobStatus,
+    Outcome,
+    PruneReport,
+    SweepReport,
+    pickup_seconds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +108,12 @@ class Metrics:
             "Workers this worker's sweeper declared dead.",
             registry=self.registry,
         )
+        self._pruned = Counter(
+            "notifyworker_jobs_pruned",
+            "Finished jobs this worker's pruner deleted past their retention, by status.",
+            ["status"],
+            registry=self.registry,
+        )
         self.registry.register(JobStats(self))
         self.job_counts = JobCounts()
         self.registry.register(self.job_counts)
@@ -144,6 +157,10 @@ class Metrics:
                 self._swept.labels(action).inc(jobs)
         if report.dead_workers:
             self._dead_workers.inc(report.dead_workers)
+
+    def pruned(self, report: PruneReport) -> None:
+        for status, jobs in report.deleted.items():
+            self._pruned.labels(status).inc(jobs)
 
 
 class JobStats(Collector):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, NewType
@@ -38,6 +39,67 @@ def rate_problem(rate: float) -> str | None:
 JobStatus = Literal["new", "queued", "running", "done", "failed", "cancelled"]
 FinalStatus = Literal["done", "failed", "cancelled"]
 FINAL_STATUSES: tuple[FinalStatus, ...] = ("done", "failed", "cancelled")
+
+
+# Retention: finished jobs are deleted once older than their status's period.
+# A duration is a number of seconds with an optional unit; "forever" keeps a
+# status's jobs (settings only). Longer than a century is a mistake, not a plan
+# (and would overflow PostgreSQL's interval arithmetic at some point): refused.
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
+MAX_DURATION = 36_500 * 86_400.0
+FOREVER = "forever"
+DURATION_FORMAT = "a number of seconds with an optional unit s, m, h, d or w (90, 30m, 12h, 7d)"
+_DURATION = re.compile(r"^\s*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))\s*([smhdw]?)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `text` ("90", "90s", "30m", "12h", "7d", "2w"); ValueError saying why not."""
+    match = _DURATION.match(text.lower())
+    if match is None:
+        raise ValueError(f"{text.strip()!r} is not a duration: use {DURATION_FORMAT}")
+    seconds = float(match[1]) * DURATION_UNITS[match[2] or "s"]
+    if problem := duration_problem(seconds):
+        raise ValueError(problem)
+    return seconds
+
+
+def duration_problem(seconds: float) -> str | None:
+    """Why `seconds` is not an acceptable retention period, or None when it is."""
+    if 0 < seconds <= MAX_DURATION:  # NaN fails every comparison
+        return None
+    if seconds > MAX_DURATION:
+        return f"must be at most 36500d (a century), not {seconds:g}s"
+    return f"must be more than 0 seconds, not {seconds:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long finished jobs are kept, in seconds, per final status; None: forever."""
+
+    done: float | None
+    failed: float | None
+    cancelled: float | None
+
+    @classmethod
+    def everything_older_than(cls, seconds: float) -> Retention:
+        return cls(seconds, seconds, seconds)
+
+    def rules(self) -> list[tuple[FinalStatus, float]]:
+        """(status, seconds) for each status whose jobs are ever deleted."""
+        periods = zip(FINAL_STATUSES, (self.done, self.failed, self.cancelled), strict=True)
+        return [(status, seconds) for status, seconds in periods if seconds is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    """What one batch of the pruner deleted, by status."""
+
+    deleted: dict[FinalStatus, int]
+    full: bool  # as many as the batch may hold: more are probably due
+
+    @property
+    def total(self) -> int:
+        return sum(self.deleted.values())
 
 
 @dataclass(frozen=True, slots=True)

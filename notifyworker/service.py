@@ -3,7 +3,7 @@
     root task group
     ├── health server, job counts      (/livez, /readyz, /metrics; until the very end)
     ├── heartbeat                      (until the very end)
-    └── watchers task group            (listener, sweeper, scheduler, recorder, ownership
+    └── watchers task group            (listener, sweeper, scheduler, pruner, recorder, ownership
         │                               checks, deadline watch, grace timer, loop watch)
         └── consumers task group       (`concurrency` consumers)
             └── claiming task group    (the claimer)
@@ -44,6 +44,7 @@ from notifyworker.loopwatch import LoopWatch
 from notifyworker.metrics import Metrics, refresh_job_counts
 from notifyworker.models import RetryPolicy, WorkerId
 from notifyworker.ownership import Ownership
+from notifyworker.pruner import Pruner
 from notifyworker.recorder import Recorder
 from notifyworker.scheduler import Scheduler
 from notifyworker.startup import join, sign_off
@@ -58,7 +59,8 @@ FINAL_WRITE_LIMIT = 10.0
 # How often the worker checks its own running jobs against their deadlines.
 WATCHDOG_INTERVAL = 0.5
 # Pooled connections a worker needs (the listener and the claimer have their
-# own): the recorder's flushes, the sweeper, the heartbeat, and some slack.
+# own): the recorder's flushes, the sweeper, the pruner, the heartbeat, and
+# some slack.
 POOL_SIZE = 6
 # Ready only while some unit of work reached the database within this many
 # heartbeat intervals (the heartbeat alone makes one every interval), and
@@ -191,6 +193,12 @@ class Worker:
                 )  # fmt: skip
                 watchers.start_soon(sweeper.sweep_forever)
                 watchers.start_soon(scheduler.run_forever)
+                if settings.retention().rules():
+                    pruner = Pruner(
+                        db, self.worker_id, settings.retention(), settings.prune_batch,
+                        settings.prune_interval, self.metrics,
+                    )  # fmt: skip
+                    watchers.start_soon(pruner.prune_forever)
                 watchers.start_soon(recorder.flush_forever)
                 watchers.start_soon(ownership.check_forever)
                 watchers.start_soon(watch_deadlines, inflight, WATCHDOG_INTERVAL)

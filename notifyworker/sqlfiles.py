@@ -98,11 +98,7 @@ def migrations() -> tuple[Migration, ...]:
         if match is None:
             raise NotifyWorkerError(f"migration file {path.name} is not named NNNN_name.sql")
         found.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
-    # Numbers are handed to parallel branches ahead of time, so a gap is a
-    # migration still on its way; two files with one number are a mistake.
     versions = [m.version for m in found]
-    if len(set(versions)) != len(versions) or (versions and versions[0] < 1):
-        raise NotifyWorkerError(
-            f"migration versions must be distinct and at least 1; found {versions}"
-        )
+    if versions != list(range(1, len(found) + 1)):
+        raise NotifyWorkerError(f"migration versions must run 1, 2, 3…; found {versions}")
     return tuple(found)

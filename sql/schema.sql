@@ -178,6 +178,16 @@ CREATE TABLE notifyworker.schedules (
     CONSTRAINT last_tick_is_finite CHECK (isfinite(last_tick))
 );
 
+-- One row: whoever holds its lock prunes a batch of finished jobs (a row lock
+-- only the worker role may take, apart from the sweeper's so a batch never
+-- holds that); the fleet's next batch is not due before due_at.
+CREATE TABLE notifyworker.pruner (
+    one        boolean PRIMARY KEY DEFAULT true CONSTRAINT pruner_has_one_row CHECK (one),
+    due_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    pruned_at  timestamptz,
+    pruned_by  text
+);
+
 -- The migration files applied. `notifyworker migrate` creates it before the
 -- first one runs (migrate_bookkeeping in sql/queries/admin.sql).
 CREATE TABLE notifyworker.migrations (
@@ -213,6 +223,11 @@ CREATE INDEX jobs_object_id ON notifyworker.jobs (object_id, id)
 -- key fails here; notifyworker.enqueue() returns the holder's id instead.
 CREATE UNIQUE INDEX jobs_active_unique_key ON notifyworker.jobs (unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('new', 'queued', 'running');
+
+-- Retention deletes finished jobs by status, oldest first: a batch reads only
+-- the rows it deletes. Active rows never enter it.
+CREATE INDEX jobs_finished ON notifyworker.jobs (status, finished_at)
+    WHERE status IN ('done', 'failed', 'cancelled');
 
 
 -- ============================================================================
@@ -314,6 +329,19 @@ AS $$
         END
     FROM taken AS t
     WHERE j.id = t.id
+    RETURNING j.id, j.status
+$$;
+
+-- Deletes those of `ids` that are finished; returns what it deleted. The
+-- pruner picks the rows (prune_finished) and locks them; this deletes them.
+-- SECURITY DEFINER: the worker role may delete no row itself.
+CREATE FUNCTION notifyworker.delete_finished_v1(ids bigint[])
+RETURNS TABLE (id bigint, status text)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    DELETE FROM notifyworker.jobs AS j
+    WHERE j.id = ANY (ids) AND j.status IN ('done', 'failed', 'cancelled')
     RETURNING j.id, j.status
 $$;
 
@@ -615,11 +643,12 @@ GRANT INSERT (name, cron, tz, task, payload, paused, catch_up) ON notifyworker.s
 GRANT UPDATE (cron, tz, task, payload, paused, catch_up) ON notifyworker.schedules
     TO notifyworker_app;
 
--- The worker: claim and record jobs, keep its registry row, sweep, read the
--- rate setting and the migration record, sync the schedules declared in code
--- and fire their ticks. The only jobs it inserts are its schedules' (task,
--- payload, object_id); it deletes none, cannot pause or delete a schedule,
--- and cannot change the schema or the settings.
+-- The worker: claim and record jobs, keep its registry row, sweep, prune
+-- finished jobs, read the rate setting and the migration record, sync the
+-- schedules declared in code and fire their ticks. The only jobs it inserts
+-- are its schedules' (task, payload, object_id); it deletes only finished
+-- ones (through delete_finished_v1), cannot pause or delete a schedule, and
+-- cannot change the schema or the settings.
 GRANT USAGE ON SCHEMA notifyworker TO notifyworker_worker;
 GRANT SELECT ON notifyworker.jobs TO notifyworker_worker;
 GRANT UPDATE (
@@ -630,6 +659,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON notifyworker.workers TO notifyworker_wor
 GRANT SELECT ON notifyworker.settings TO notifyworker_worker;
 -- SELECT … FOR UPDATE (the sweep lease) needs UPDATE.
 GRANT SELECT, UPDATE ON notifyworker.sweeper TO notifyworker_worker;
+GRANT SELECT, UPDATE ON notifyworker.pruner TO notifyworker_worker;
 GRANT SELECT ON notifyworker.migrations TO notifyworker_worker;
 GRANT SELECT ON notifyworker.schedules TO notifyworker_worker;
 GRANT INSERT (name, cron, tz, task, payload, catch_up) ON notifyworker.schedules
@@ -660,6 +690,8 @@ GRANT EXECUTE ON FUNCTION notifyworker.kill_running_v1(
 REVOKE ALL ON FUNCTION notifyworker.take_back_unstarted(text, bigint[], integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION notifyworker.take_back_unstarted(text, bigint[], integer)
     TO notifyworker_worker;
+REVOKE ALL ON FUNCTION notifyworker.delete_finished_v1(bigint[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION notifyworker.delete_finished_v1(bigint[]) TO notifyworker_worker;
 
 
 -- ============================================================================
@@ -667,6 +699,7 @@ GRANT EXECUTE ON FUNCTION notifyworker.take_back_unstarted(text, bigint[], integ
 -- ============================================================================
 
 INSERT INTO notifyworker.sweeper DEFAULT VALUES;
+INSERT INTO notifyworker.pruner DEFAULT VALUES;
 
 INSERT INTO notifyworker.migrations (version, name) VALUES
     (1, 'jobs_and_workers'),
@@ -679,6 +712,7 @@ INSERT INTO notifyworker.migrations (version, name) VALUES
     (8, 'settle'),
     (9, 'unique_jobs'),
     (10, 'schedules'),
+    (11, 'retention'),
     (12, 'retry'),
     (13, 'task_names_with_v');
 

@@ -146,7 +146,8 @@ WHERE o.schema = 'notifyworker' OR (o.type = 'schema' AND o.identity = 'notifywo
 ORDER BY 1, 2;
 
 -- catalog_rows --
--- The rows a schema comes with: the record of migrations, the sweeper's one row.
+-- The rows a schema comes with: the record of migrations, the sweeper's and
+-- the pruner's one row.
 SELECT format('migration %s', version) AS object, name AS detail
 FROM notifyworker.migrations
 UNION ALL
@@ -157,4 +158,9 @@ SELECT 'rows', format('jobs %s, workers %s, settings %s, sweeper %s (swept by %s
                       (SELECT count(*) FROM notifyworker.sweeper),
                       (SELECT string_agg(coalesce(swept_by, 'nobody'), ', ')
                        FROM notifyworker.sweeper))
+UNION ALL
+SELECT 'rows', format('pruner %s (pruned by %s)',
+                      (SELECT count(*) FROM notifyworker.pruner),
+                      (SELECT string_agg(coalesce(pruned_by, 'nobody'), ', ')
+                       FROM notifyworker.pruner))
 ORDER BY 1, 2;

@@ -58,6 +58,9 @@ SAMPLES: dict[str, Any] = {
     "catch_up": "one",
     "tick": datetime(2026, 1, 1, tzinfo=UTC),
     "paused": True,
+    "statuses": ["done", "failed"],
+    "older_than": [60.0, 3600.0],
+    "pause": 1.0,
 }
 # Who, besides the schema's owner, may send each statement of admin.sql and
 # producer.sql, by design.
@@ -137,6 +140,8 @@ def test_the_app_role_inserts_reads_cancels_and_retries_and_nothing_else(
             "INSERT INTO notifyworker.settings (name, value) VALUES ('rate', 1)",
             "CREATE TABLE notifyworker.mine (id int)",
             "SELECT notifyworker.retry_delay(1, 1, 1)",
+            "SELECT * FROM notifyworker.delete_finished_v1('{1}')",
+            "SELECT FROM notifyworker.pruner FOR UPDATE",
         ):
             assert refused(app, statement), statement
 
@@ -190,6 +195,31 @@ def test_the_worker_role_runs_jobs_and_cannot_do_more(
             "SELECT notifyworker.enqueue_many(ARRAY['sleep'])",
         ):
             assert refused(worker, statement), statement
+
+
+def test_the_worker_role_deletes_finished_jobs_only(
+    database_url: str, conn: psycopg.Connection[Any], login_role: tuple[str, str]
+) -> None:
+    grant(conn, "notifyworker_worker", login_role[0])
+    jobs = {
+        status: scalar(
+            conn,
+            "INSERT INTO notifyworker.jobs (task, status, worker_id, started_at, finished_at,"
+            " cancelled_at) VALUES ('sleep', %s, 'w', now(), now(), now()) RETURNING id",
+            status,
+        )
+        for status in ("queued", "running", "done", "failed", "cancelled")
+    }
+    waiting = scalar(conn, "INSERT INTO notifyworker.jobs (task) VALUES ('sleep') RETURNING id")
+    with psycopg.connect(url_as(database_url, login_role), autocommit=True) as worker:
+        deleted = worker.execute(
+            "SELECT id, status FROM notifyworker.delete_finished_v1(%s)",
+            ([waiting, *jobs.values()],),
+        ).fetchall()
+        assert refused(worker, f"DELETE FROM notifyworker.jobs WHERE id = {waiting}")
+    assert sorted(status for _, status in deleted) == ["cancelled", "done", "failed"]
+    left = conn.execute("SELECT id FROM notifyworker.jobs ORDER BY id").fetchall()
+    assert [row[0] for row in left] == sorted([jobs["queued"], jobs["running"], waiting])
 
 
 async def test_a_worker_does_all_its_work_as_the_worker_role(

@@ -1,5 +1,5 @@
 """The `notifyworker` command: up, run, migrate, check, enqueue, cancel, retry, rate, jobs, job,
-schedules.
+schedules, prune.
 
 Typer gives typed options, help and shell completion for free; settings still
 come from one pydantic-settings model (flags override NOTIFYWORKER_* env vars).
@@ -9,7 +9,7 @@ commands are registered here, in the order `--help` lists them.
 
 from __future__ import annotations
 
-from notifyworker.cli import job, jobs, schedules, worker
+from notifyworker.cli import job, jobs, prune, schedules, worker
 from notifyworker.cli.app import app, main
 
 for command in (
@@ -27,5 +27,6 @@ app.command(context_settings={"ignore_unknown_options": True})(jobs.rate)
 app.command()(jobs.jobs)
 app.command()(job.job)
 app.add_typer(schedules.app, name="schedules")
+app.command()(prune.prune)
 
 __all__ = ["app", "main"]

@@ -1,7 +1,7 @@
--- What the sweeper sends: it runs inside every worker, as the role
--- notifyworker_worker, and one replica at a time acts (sweep_lease). Every
--- statement here must run with that role's grants (tests/test_roles.py).
--- The same block format as service.sql.
+-- What the sweeper and the pruner send: they run inside every worker, as the
+-- role notifyworker_worker, and one replica at a time acts (sweep_lease,
+-- prune_lease). Every statement here must run with that role's grants
+-- (tests/test_roles.py). The same block format as service.sql.
 
 -- === The lease ===
 
@@ -93,3 +93,49 @@ SELECT (SELECT count(*) FROM requeued WHERE status = 'new') AS requeued,
         FROM rescued WHERE status = 'new') AS retries_in,
        (SELECT count(*) FROM requeued WHERE status = 'cancelled')
            + (SELECT count(*) FROM rescued WHERE status = 'cancelled') AS cancelled;
+
+-- === Retention: the pruner (and `notifyworker prune`) ===
+
+-- prune_lease --
+-- One pruner acts at a time across all replicas, under a lease of its own
+-- (a batch never holds the sweeper's, so no sweep is ever skipped for it),
+-- and only once the fleet's next batch is due; the others skip rather than
+-- wait. How long until it is due comes back either way.
+SELECT extract(epoch FROM due_at - clock_timestamp())::float8 AS due_in,
+       EXISTS (
+           SELECT FROM notifyworker.pruner
+           WHERE due_at <= clock_timestamp()
+           FOR UPDATE SKIP LOCKED
+       ) AS acquired
+FROM notifyworker.pruner;
+
+-- prune_finished --
+-- One bounded batch: up to %(limit)s finished jobs whose status is one of
+-- %(statuses)s, each finished more than its %(older_than)s seconds ago,
+-- oldest first, through the index jobs_finished (the repeated IN list lets
+-- the planner use it; now(), being stable, bounds the index scan). Rows
+-- another transaction holds are skipped, not waited for, and the function
+-- deletes only rows still finished: a job retried meanwhile stays. Counted
+-- by status.
+WITH doomed AS (
+    SELECT j.id
+    FROM unnest(%(statuses)s::text[], %(older_than)s::float8[]) AS r (status, seconds)
+    CROSS JOIN LATERAL (
+        SELECT id FROM notifyworker.jobs
+        WHERE status IN ('done', 'failed', 'cancelled') AND status = r.status
+          AND finished_at < now() - make_interval(secs => r.seconds)
+        ORDER BY finished_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS j
+    LIMIT %(limit)s
+)
+SELECT d.status, count(*)::integer AS jobs
+FROM notifyworker.delete_finished_v1(ARRAY(SELECT id FROM doomed)) AS d
+GROUP BY d.status;
+
+-- prune_done --
+-- The batch is over: when, by whom, and when the fleet's next one is due.
+UPDATE notifyworker.pruner
+SET due_at = clock_timestamp() + make_interval(secs => %(pause)s),
+    pruned_at = clock_timestamp(), pruned_by = %(worker_id)s;
