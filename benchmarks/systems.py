@@ -64,7 +64,10 @@ def nw_worker(dsn: str, out: str, opts: dict[str, Any]) -> None:
     registry.add("bench", bench)
     configure("WARNING")
     settings = Settings(
-        database_url=dsn, rate=opts.get("rate", 0), concurrency=opts.get("concurrency", 10)
+        database_url=dsn,
+        rate=opts.get("rate", 0),
+        concurrency=opts.get("concurrency", 10),
+        health_port=0,  # any free port: several workers may run at once (schedules)
     )
 
     async def main() -> None:
