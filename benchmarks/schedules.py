@@ -26,8 +26,10 @@ def one_job_per_tick(
 ) -> dict[str, Any]:
     """`processes` workers and a schedule every second for `seconds`: jobs, ticks, doubles."""
     bench.reset(config.system)
-    workers = [bench.start_worker(config, tag=str(n))[0] for n in range(processes)]
+    workers: list[Any] = []
     try:
+        # Started inside the try: a worker that fails to start leaves none running.
+        workers.extend(bench.start_worker(config, tag=str(n))[0] for n in range(processes))
         with psycopg.connect(bench.dsn[config.system], autocommit=True) as conn:
             conn.execute(SCHEDULE)
             time.sleep(seconds)
