@@ -139,19 +139,22 @@ def test_every_option_reaches_the_row(conn: psycopg.Connection[Any]) -> None:
 
 
 def test_enqueue_leaves_what_a_plain_insert_leaves(conn: psycopg.Connection[Any]) -> None:
-    """NULL options take the columns' defaults: the functions' copy of them agrees."""
+    """NULL options take the columns' defaults: the functions' and the statements' copies agree."""
     columns = "task, payload, object_id, timeout, max_attempts, run_at, status, attempts"
     with conn.transaction():  # one now(), for run_at
         plain = scalar(conn, "INSERT INTO notifyworker.jobs (task) VALUES ('a') RETURNING id")
         by_function = scalar(conn, "SELECT notifyworker.enqueue('a')")
         by_bulk = scalar(conn, "SELECT notifyworker.enqueue_many(ARRAY['a'])")[0]
+        # Without a unique_key, Python sends plain INSERTs with their own copy of the defaults.
+        by_python = enqueue(conn, "a")
+        by_python_bulk = enqueue_many(conn, [Job("a")])[0]
         rows = [
             conn.execute(
                 f"SELECT {columns} FROM notifyworker.jobs WHERE id = %s".encode(), (job,)
             ).fetchone()
-            for job in (plain, by_function, by_bulk)
+            for job in (plain, by_function, by_bulk, by_python, by_python_bulk)
         ]
-    assert rows[0] == rows[1] == rows[2]
+    assert rows[0] == rows[1] == rows[2] == rows[3] == rows[4]
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,8 @@ SENDERS: dict[str, set[str]] = {
     # producer.sql: the application's (the worker inserts only its schedules' jobs, by plain INSERT)
     "enqueue_job": {"app"},
     "enqueue_jobs": {"app"},
+    "enqueue_job_keyless": {"app"},
+    "enqueue_jobs_keyless": {"app"},
     # the application may manage schedules from SQL (0010_schedules.sql), so the CLI's too
     "list_schedules": {"worker", "app"},
     "remove_schedule": {"app"},

@@ -96,7 +96,7 @@ def enqueue_one(conn: Connection, job: Job) -> JobId:
     """Enqueue `job` (Task.defer's way in): its id, or the holder's of its key."""
     params = _row(job)
     with _driver_errors(), conn.cursor(row_factory=tuple_row) as cur:
-        cur.execute(query("enqueue_job"), params)
+        cur.execute(query(_one(job)), params)
         row = cur.fetchone()
     assert row is not None
     return JobId(row[0])
@@ -106,7 +106,7 @@ async def enqueue_one_async(aconn: AsyncConnection, job: Job) -> JobId:
     params = _row(job)
     with _driver_errors():
         async with aconn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(query("enqueue_job"), params)
+            await cur.execute(query(_one(job)), params)
             row = await cur.fetchone()
     assert row is not None
     return JobId(row[0])
@@ -122,7 +122,7 @@ def enqueue_many(conn: Connection, jobs: Iterable[Job]) -> list[JobId]:
     if params is None:
         return []
     with _driver_errors(), conn.cursor(row_factory=tuple_row) as cur:
-        cur.execute(query("enqueue_jobs"), params)
+        cur.execute(query(_many(params)), params)
         row = cur.fetchone()
     assert row is not None
     return [JobId(i) for i in row[0]]
@@ -135,10 +135,20 @@ async def enqueue_many_async(aconn: AsyncConnection, jobs: Iterable[Job]) -> lis
         return []
     with _driver_errors():
         async with aconn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(query("enqueue_jobs"), params)
+            await cur.execute(query(_many(params)), params)
             row = await cur.fetchone()
     assert row is not None
     return [JobId(i) for i in row[0]]
+
+
+def _one(job: Job) -> str:
+    """A keyed job goes through notifyworker.enqueue(), which finds a key's holder;
+    any other is a plain INSERT, without the function's cost."""
+    return "enqueue_job" if job.unique_key is not None else "enqueue_job_keyless"
+
+
+def _many(params: dict[str, Any]) -> str:
+    return "enqueue_jobs" if params["unique_keys"] is not None else "enqueue_jobs_keyless"
 
 
 @contextlib.contextmanager

@@ -17,3 +17,33 @@ SELECT notifyworker.enqueue_many(
     %(tasks)s::text[], %(payloads)s::jsonb[], %(object_ids)s::text[], %(timeouts)s::interval[],
     %(max_attempts_each)s::integer[], %(run_ats)s::timestamptz[], %(unique_keys)s::text[]
 ) AS ids;
+
+-- enqueue_job_keyless --
+-- One job without a unique_key: the plain INSERT itself, a third of the time
+-- of the function's way in. A NULL option takes the column's default (the
+-- same copy of them as enqueue_many's: tests/test_producer.py checks all three).
+INSERT INTO notifyworker.jobs (task, payload, object_id, timeout, max_attempts, run_at)
+VALUES (
+    %(task)s::text, coalesce(%(payload)s::jsonb, '{}'), %(object_id)s::text,
+    coalesce(%(timeout)s::interval, interval '10 seconds'),
+    coalesce(%(max_attempts)s::integer, 1), coalesce(%(run_at)s::timestamptz, now())
+)
+RETURNING id;
+
+-- enqueue_jobs_keyless --
+-- Many jobs without a unique_key in one INSERT, all or none. Identities are
+-- handed out in insertion order, which is the order given, so the sorted ids
+-- are the jobs in order (as enqueue_many's keyless branch).
+WITH inserted AS (
+    INSERT INTO notifyworker.jobs (task, payload, object_id, timeout, max_attempts, run_at)
+    SELECT r.task, coalesce(r.payload, '{}'), r.object_id,
+           coalesce(r.timeout, interval '10 seconds'), coalesce(r.max_attempts, 1),
+           coalesce(r.run_at, now())
+    FROM unnest(
+        %(tasks)s::text[], %(payloads)s::jsonb[], %(object_ids)s::text[], %(timeouts)s::interval[],
+        %(max_attempts_each)s::integer[], %(run_ats)s::timestamptz[]
+    ) WITH ORDINALITY AS r (task, payload, object_id, timeout, max_attempts, run_at, n)
+    ORDER BY r.n
+    RETURNING id
+)
+SELECT coalesce(array_agg(id ORDER BY id), '{}') AS ids FROM inserted;
