@@ -1,19 +1,16 @@
-"""The worker's units of work on the job table, each one thread hop.
+"""The worker's units of work on its jobs: registry, marks, ownership, the sweep, counts.
 
-What a running worker, its sweeper and its scheduler do (sql/queries/service.sql,
-sweeper.sql and scheduler.sql); the operator's are in `admin`, migrations in
-`schema`. Each function here is sync and takes a `Session`; the service runs it
+What a running worker and its sweeper send (sql/queries/service.sql and
+sweeper.sql). Each function is sync and takes a `Session`; the service runs it
 through `Database.run`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from notifyworker.cron import Schedule, ScheduleRow, schedule_rows, tick_reference
 from notifyworker.db import Row, Session, json_param
 from notifyworker.errors import DatabaseError
 from notifyworker.models import (
@@ -21,8 +18,6 @@ from notifyworker.models import (
     Flushed,
     JobId,
     JobStatus,
-    PruneReport,
-    Retention,
     RetryPolicy,
     StartMark,
     SweepReport,
@@ -213,59 +208,6 @@ def sweep(
     )
 
 
-# After a full batch (more jobs are due), the fleet's next batch waits at least
-# this long, and at least as long as the batch took: deleting takes at most
-# half of one connection's time, however large the backlog.
-PRUNE_MIN_PAUSE = 0.05
-
-
-def prune(s: Session, retention: Retention, limit: int) -> PruneReport:
-    """Delete one batch of at most `limit` finished jobs past their retention period.
-
-    No lease: `notifyworker prune` sends it as it is; the worker's pruner
-    through `prune_round`. Either may run beside the other: a row one holds
-    the other skips.
-    """
-    rules = retention.rules()
-    if not rules:
-        return PruneReport({}, full=False)
-    rows = s.rows(
-        "prune_finished",
-        statuses=[status for status, _ in rules],
-        older_than=[seconds for _, seconds in rules],
-        limit=limit,
-    )
-    deleted = {row["status"]: row["jobs"] for row in rows}
-    return PruneReport(deleted, full=sum(deleted.values()) >= limit)
-
-
-@dataclass(frozen=True)
-class PruneRound:
-    report: PruneReport | None  # None: not this replica's turn (leased elsewhere, or not due)
-    next_in: float  # seconds until this replica should look again
-
-
-def prune_round(
-    s: Session, worker_id: WorkerId, retention: Retention, limit: int, interval: float
-) -> PruneRound:
-    """One batch of the fleet's pruner, if its lease is free and the batch is due.
-
-    A full batch makes the next one due after a short pause (as long as this
-    one took, at least PRUNE_MIN_PAUSE); a partial one, after `interval`.
-    """
-    with s.transaction():
-        lease = s.one("prune_lease")
-        if lease is None:
-            raise DatabaseError("notifyworker.pruner has no row: run `notifyworker migrate`")
-        if not lease["acquired"]:
-            return PruneRound(None, min(max(lease["due_in"], PRUNE_MIN_PAUSE), interval))
-        began = time.monotonic()
-        report = prune(s, retention, limit)
-        pause = max(time.monotonic() - began, PRUNE_MIN_PAUSE) if report.full else interval
-        s.execute("prune_done", worker_id=worker_id, pause=pause)
-    return PruneRound(report, pause)
-
-
 # Waiting jobs the status gauge counts one by one; a larger backlog shows as this many.
 COUNT_CAP = 100_000
 
@@ -280,46 +222,3 @@ def job_counts(s: Session) -> dict[JobStatus, float]:
     for row in s.rows("job_counts", cap=COUNT_CAP):
         counts[row["status"]] = row["jobs"]
     return counts
-
-
-# === The scheduler (sql/queries/scheduler.sql) ===
-
-
-def declare_schedule(s: Session, schedule: Schedule) -> bool | None:
-    """Create or update a declared schedule: True created, False updated, None as it was."""
-    row = s.one(
-        "declare_schedule",
-        name=schedule.name,
-        cron=schedule.cron,
-        tz=schedule.tz,
-        task=schedule.task,
-        payload=json_param(schedule.payload),
-        catch_up=schedule.catch_up,
-    )
-    return None if row is None else bool(row["created"])
-
-
-def load_schedules(s: Session) -> tuple[list[ScheduleRow], datetime | None]:
-    """Every schedule, and PostgreSQL's clock when they were read (None: no schedule)."""
-    return schedule_rows(s.rows("load_schedules"))
-
-
-def fire_tick(s: Session, schedule: ScheduleRow, tick: datetime) -> JobId | None:
-    """Fire one tick: its job's id, or None when another replica fired it (or it moved on)."""
-    with s.transaction():
-        claimed = s.one(
-            "fire_tick", name=schedule.name, cron=schedule.cron, tz=schedule.tz, tick=tick
-        )
-        if claimed is None:
-            return None
-        job = s.one(
-            "enqueue_tick", name=schedule.name, object_id=tick_reference(schedule.name, tick)
-        )
-        assert job is not None
-        return JobId(job["id"])
-
-
-def skip_ticks(s: Session, schedule: ScheduleRow, tick: datetime) -> bool:
-    """Move last_tick past missed ticks with no job (catch-up 'none'); False if already past."""
-    row = s.one("skip_ticks", name=schedule.name, cron=schedule.cron, tz=schedule.tz, tick=tick)
-    return row is not None
