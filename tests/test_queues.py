@@ -112,8 +112,9 @@ def test_a_fleet_rate_hands_out_slots_one_interval_apart(
     rows = claim(conn, 10)
     starts = sorted(row[3] for row in rows if row[0] is not None)
     # 0.1 s ahead at 20/s: the slots now, 50 ms and 100 ms later, no more.
+    # (start_in counts from the answer, so a slot already past shows as 0.)
     assert len(starts) == 3
-    assert starts[1] - starts[0] == pytest.approx(0.05, abs=0.01)
+    assert starts[1] - starts[0] <= 0.05 + 0.001
     assert starts[2] - starts[1] == pytest.approx(0.05, abs=0.001)
     # The next claim finds the next slot taken by no one: it waits for it.
     later = claim(conn, 10)
