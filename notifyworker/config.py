@@ -36,6 +36,11 @@ from notifyworker.models import (
 DEFAULT_DATA_DIR = Path(".notifyworker/pg")
 # The conventional port of a pod's probes and metrics.
 DEFAULT_HEALTH_PORT = 8080
+# The dashboard's: this machine only unless told otherwise, off the probes' port.
+DEFAULT_DASHBOARD_HOST = "127.0.0.1"
+DEFAULT_DASHBOARD_PORT = 8000
+# A dashboard token shorter than this is refused: it guards actions on live jobs.
+MIN_TOKEN_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -255,6 +260,51 @@ def _check_url(url: str) -> None:
             "the password in DATABASE_URL contains characters that must be percent-encoded "
             "(e.g. @ as %40, / as %2F, % as %25); the user:password part ends at the URL's last @"
         )
+
+
+class DashboardSettings(BaseSettings):
+    """The web dashboard's own knobs (NOTIFYWORKER_DASHBOARD_*); its database is Settings'."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NOTIFYWORKER_DASHBOARD_", frozen=True, extra="forbid", populate_by_name=True
+    )
+
+    host: str = Field(
+        default=DEFAULT_DASHBOARD_HOST, min_length=1, description="Address the dashboard serves on."
+    )
+    port: int = Field(
+        default=DEFAULT_DASHBOARD_PORT, ge=0, le=65535, description="Its port; 0 picks a free one."
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description="Actions (cancel, retry, pause, rate) need it; unset, they are off.",
+    )
+    token_for_reads: bool = Field(
+        default=False, description="Reading the pages needs the token too."
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_TOKEN_LENGTH:
+            # The message names the rule, never the value.
+            raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _reads_need_a_token(self) -> Self:
+        if self.token_for_reads and self.token is None:
+            raise ValueError("token_for_reads needs NOTIFYWORKER_DASHBOARD_TOKEN")
+        return self
+
+
+def load_dashboard(**overrides: Any) -> DashboardSettings:
+    """The dashboard's settings from the environment, with CLI flags (non-None) on top."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return DashboardSettings(**given)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
 
 
 def load(**overrides: Any) -> Settings:

@@ -4,6 +4,8 @@
     ├── ConfigError          a setting or a CLI argument is wrong
     ├── JobRefused           the job named cannot do what was asked
     │   └── NoSuchJob        there is no job with that id
+    ├── Forbidden            the dashboard refuses a request: no token, a wrong one, another origin
+    ├── BadRequest           a request to the dashboard names no status, no job id, …
     ├── TaskError            a job cannot be run as written
     │   ├── UnknownTask
     │   ├── InvalidPayload
@@ -41,6 +43,14 @@ class JobRefused(NotifyWorkerError):
 
 class NoSuchJob(JobRefused):
     """There is no job with that id."""
+
+
+class Forbidden(NotifyWorkerError):
+    """The dashboard refuses this request: it needs the token, from the dashboard's own pages."""
+
+
+class BadRequest(NotifyWorkerError):
+    """The dashboard cannot use this request as written (a filter, a job id, a form)."""
 
 
 class TaskError(NotifyWorkerError):

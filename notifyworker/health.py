@@ -171,9 +171,17 @@ async def serve(
     host: str,
     port: int,
     *,
+    what: str = "health and metrics",
+    name: str = "the health endpoints",
+    hint: str = "NOTIFYWORKER_HEALTH_PORT sets another port, 0 any free one, off none",
+    paths: str = "/livez, /readyz, /metrics",
     task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `app` until cancelled; report started, with the bound port, once it listens."""
+    """Serve `app` until cancelled; report started, with the bound port, once it listens.
+
+    `what`, `name`, `hint` and `paths` name the server in its log line and its
+    error (the dashboard is served the same way).
+    """
     config = _PreBound()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None  # a line per probe, every few seconds, says nothing
@@ -186,15 +194,19 @@ async def serve(
         sockets = config.create_sockets()
     except OSError as exc:
         raise ConfigError(
-            f"the health endpoints cannot listen on {host}:{port}: {exc.strerror or exc}"
-            " (NOTIFYWORKER_HEALTH_PORT sets another port, 0 any free one, off none)"
+            f"{name} cannot listen on {host}:{port}: {exc.strerror or exc} ({hint})"
         ) from None
     try:
+        # Listening now, not once hypercorn gets to it: a client told "started" may
+        # connect at once, and waits in the backlog until the server accepts.
+        for sock in sockets.insecure_sockets:
+            sock.listen(config.backlog)
         bound = sockets.insecure_sockets[0].getsockname()[1]
         stop = anyio.Event()
         async with anyio.create_task_group() as server:
             server.start_soon(_serve_until, app, config, stop)
-            log.info("health and metrics on http://%s:%d (/livez, /readyz, /metrics)", host, bound)
+            where = f"[{host}]" if ":" in host else host
+            log.info("%s on http://%s:%d (%s)", what, where, bound, paths)
             task_status.started(bound)
             try:
                 await anyio.sleep_forever()

@@ -180,6 +180,7 @@ def test_queries_come_in_one_file_per_sender() -> None:
         "scheduler.sql",
         "admin.sql",
         "producer.sql",
+        "dashboard.sql",
     }
     assert all(sqlfiles.query_files().values())
 

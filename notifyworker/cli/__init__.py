@@ -1,5 +1,5 @@
 """The `notifyworker` command: up, run, migrate, check, enqueue, cancel, retry, rate, jobs, job,
-schedules, prune.
+schedules, prune, dashboard.
 
 Typer gives typed options, help and shell completion for free; settings still
 come from one pydantic-settings model (flags override NOTIFYWORKER_* env vars).
@@ -9,7 +9,7 @@ commands are registered here, in the order `--help` lists them.
 
 from __future__ import annotations
 
-from notifyworker.cli import job, jobs, prune, schedules, worker
+from notifyworker.cli import dashboard, job, jobs, prune, schedules, worker
 from notifyworker.cli.app import app, main
 
 for command in (
@@ -28,5 +28,6 @@ app.command()(jobs.jobs)
 app.command()(job.job)
 app.add_typer(schedules.app, name="schedules")
 app.command()(prune.prune)
+app.command()(dashboard.dashboard)
 
 __all__ = ["app", "main"]
