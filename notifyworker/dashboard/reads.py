@@ -25,6 +25,7 @@ SEARCH_WINDOW = 100_000
 # Filters an index serves by itself (see dashboard_jobs).
 INDEXED_STATUSES = frozenset({"new", "queued", "running", "failed", "cancelled"})
 STATUSES = ("new", "queued", "running", "done", "failed", "cancelled")
+FINISHED = frozenset({"done", "failed", "cancelled"})
 # Larger than any job id: the first page's `before`.
 NEWEST = 2**63 - 1
 
@@ -33,6 +34,8 @@ NEWEST = 2**63 - 1
 class Overview:
     queues: list[Row]
     counts: dict[str, float]
+    # True: the finished counts are PostgreSQL's estimates (more than WAITING_CAP of them).
+    estimated: bool
     throughput: list[Row]
     pickup: Row
 
@@ -63,12 +66,18 @@ class JobsPage:
 
 
 def overview(s: Session) -> Overview:
+    """Counts exact where they are cheap: finished jobs up to WAITING_CAP, else estimated."""
     counts = {row["status"]: row["jobs"] for row in s.rows("job_counts", cap=WAITING_CAP)}
+    finished = {row["status"]: row["jobs"] for row in s.rows("dashboard_finished", cap=WAITING_CAP)}
+    estimated = sum(finished.values()) >= WAITING_CAP
+    if not estimated:
+        counts = {k: v for k, v in counts.items() if k not in FINISHED} | finished
     pickup = s.one("dashboard_pickup", sample=PICKUP_SAMPLE)
     assert pickup is not None
     return Overview(
         queues=s.rows("dashboard_queues", cap=WAITING_CAP),
         counts=counts,
+        estimated=estimated,
         throughput=s.rows("dashboard_throughput"),
         pickup=pickup,
     )

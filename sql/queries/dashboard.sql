@@ -61,6 +61,20 @@ CROSS JOIN LATERAL (
 ORDER BY names.name
 LIMIT 500;
 
+-- dashboard_finished --
+-- Finished jobs by status, counted exactly through jobs_finished (read from
+-- the index alone) up to %(cap)s in all; past that, the page shows
+-- job_counts' estimates instead.
+SELECT status, count(*) AS jobs
+FROM (
+    SELECT status FROM notifyworker.jobs
+    WHERE status IN ('done', 'failed', 'cancelled')
+    -- The index's own order: an index-only walk that stops at the cap.
+    ORDER BY status, finished_at
+    LIMIT %(cap)s
+) AS finished
+GROUP BY status;
+
 -- dashboard_throughput --
 -- Jobs finished in each of the last 15 minutes, by how they ended: a range
 -- of jobs_finished (status, finished_at), read from the index alone. Its
