@@ -31,6 +31,8 @@ from tests.manifests import (
 )
 
 EXAMPLES = MANIFESTS / "examples"
+# Applied on their own, never by `kubectl apply -f manifests/` or the Kustomization.
+OPTIONAL = MANIFESTS / "optional"
 DEV_OVERLAY = ROOT / "manifests-dev"
 
 # The newest Kubernetes that kubernetes-validate (pinned 1.37.x in the dev extra) ships.
@@ -52,6 +54,7 @@ def test_manifests_validate_against_kubernetes() -> None:
         *applied_files(),
         *sorted(EXAMPLES.glob("*.yaml")),
         *sorted(DEV_OVERLAY.glob("*.yaml")),
+        *sorted(OPTIONAL.glob("*.yaml")),
     ]
     result = run_tool(tool("kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSION, *files)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -106,14 +109,21 @@ def test_kustomizations_list_every_file() -> None:
         "../manifests",
         *sorted(p.name for p in DEV_OVERLAY.glob("*.yaml")),
     ]
-    for path in [*applied_files(), *DEV_OVERLAY.glob("*.yaml"), *EXAMPLES.glob("*.yaml")]:
+    optional = [*OPTIONAL.glob("*.yaml")]
+    for path in [
+        *applied_files(),
+        *DEV_OVERLAY.glob("*.yaml"),
+        *EXAMPLES.glob("*.yaml"),
+        *optional,
+    ]:
         assert path.read_text().startswith("#"), f"{path.name}: start with what it is, what to edit"
 
 
 def test_everything_is_in_the_namespace() -> None:
     docs = applied()
     namespace = one(docs, "Namespace")["metadata"]["name"]
-    for doc in [*docs, *(d for p in EXAMPLES.glob("*.yaml") for d in load(p))]:
+    others = [*EXAMPLES.glob("*.yaml"), *OPTIONAL.glob("*.yaml")]
+    for doc in [*docs, *(d for p in others for d in load(p))]:
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == namespace, doc["metadata"]
     # Pod Security Admission holds every pod to what the next test checks.
@@ -139,7 +149,7 @@ def test_the_database_secret_is_referenced_and_only_an_example() -> None:
 
 
 def pod_specs() -> Iterator[tuple[str, Doc]]:
-    for doc in applied():
+    for doc in [*applied(), *(d for p in OPTIONAL.glob("*.yaml") for d in load(p))]:
         if doc["kind"] in {"Deployment", "Job"}:
             yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
 
@@ -233,3 +243,28 @@ def test_configmap_holds_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None
         monkeypatch.setenv(name, value)
     settings = Settings()
     assert settings.shutdown_grace == float(data["NOTIFYWORKER_SHUTDOWN_GRACE"])
+
+
+def test_the_dashboard_is_optional_and_reachable_only_inside_the_cluster() -> None:
+    docs = load(OPTIONAL / "dashboard.yaml")
+    board, service = one(docs, "Deployment"), one(docs, "Service")
+    assert {(d["kind"], d["metadata"]["name"]) for d in applied()}.isdisjoint(
+        {(d["kind"], d["metadata"]["name"]) for d in docs}
+    )
+    assert service["spec"]["type"] == "ClusterIP"
+    box = container(board)
+    assert box["args"][0] == "dashboard"
+    (port,) = box["ports"]
+    # Its own port, never the workers' probe port.
+    worker_ports = {p["containerPort"] for p in container(deployment())["ports"]}
+    assert port["containerPort"] == 8000 and port["containerPort"] not in worker_ports
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    assert service["spec"]["selector"] == board["spec"]["selector"]["matchLabels"]
+    assert (
+        not service["spec"]["selector"].items()
+        <= deployment()["spec"]["selector"]["matchLabels"].items()
+    )
+    env = {e["name"]: e for e in box["env"]}
+    token = env["NOTIFYWORKER_DASHBOARD_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token["optional"] is True  # no Secret: read-only
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "notifyworker-database"
