@@ -110,7 +110,9 @@ def main() -> None:
         future, port = portal.start_task(serve_dashboard, url, DashboardSettings(port=0))
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-                print(f"{'page':<28} {'median':>8} {'p95':>8} {'max':>8}   (ms, {args.requests} requests)")
+                print(
+                    f"{'page':<28} {'median':>8} {'p95':>8} {'max':>8}   (ms, {args.requests} requests)"
+                )
                 for page in pages:
                     for _ in range(3):  # warm the pool and the caches
                         client.get(page, headers={"x-live": "1"}).raise_for_status()

@@ -14,7 +14,7 @@ import typer
 from pydantic import SecretStr
 from rich.console import Console
 
-from notifyworker import admin, console, db, runtime, schema
+from notifyworker import admin, config, console, db, runtime, schema
 from notifyworker.cli.options import (
     Backend,
     Concurrency,
@@ -117,10 +117,14 @@ def up(
     shutdown_grace: ShutdownGrace = None,
     log_level: LogLevel = None,
     backend: Backend = None,
+    dashboard: Annotated[
+        bool, typer.Option(help="Serve the web dashboard too (NOTIFYWORKER_DASHBOARD_*).")
+    ] = True,
 ) -> None:
-    """Everything at once: database, migrations, worker, demo producer, live table."""
+    """Everything at once: database, migrations, worker, demo producer, live table, dashboard."""
     if demo_rate <= 0:
         raise ConfigError("--demo-rate must be positive")
+    board = config.load_dashboard() if dashboard else None
     live = sys.stdout.isatty()
     out = Console()
     settings = settings_from(
@@ -148,7 +152,15 @@ def up(
         from notifyworker.up.run import run_up  # noqa: PLC0415
 
         first_id, seconds = runtime.run(
-            run_up, settings, registry, demo_rate, duration, out, live, backend=settings.backend
+            run_up,
+            settings,
+            registry,
+            demo_rate,
+            duration,
+            out,
+            live,
+            board,
+            backend=settings.backend,
         )
         if duration is not None:
             summary = db.run_once(url, admin.summary_since, first_id)

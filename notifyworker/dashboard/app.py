@@ -94,7 +94,7 @@ async def serve_dashboard(
     task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the dashboard until cancelled; report started, with the bound port."""
-    db = Database(url, size=POOL_SIZE)
+    db = Database(url, size=POOL_SIZE, setup=("dashboard_session",))
     await db.open()
     try:
         token = settings.token.get_secret_value() if settings.token else None

@@ -10,6 +10,7 @@ the pool's `configure`, so each has the session settings it depends on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any, Concatenate, LiteralString, ParamSpec, TypeVar
@@ -98,9 +99,12 @@ def connect(url: str, role: str = "cli") -> psycopg.Connection[Row]:
         return conn
 
 
-def _configure(conn: psycopg.Connection[Row]) -> None:
-    """The service's session settings (see `session_settings`), whatever the defaults."""
+def _configure(conn: psycopg.Connection[Row], setup: tuple[str, ...] = ()) -> None:
+    """The service's session settings (see `session_settings`), whatever the defaults,
+    then the named statements a pool's user adds (the dashboard's, say)."""
     conn.execute(query("session_settings"))
+    for name in setup:
+        conn.execute(query(name))
 
 
 def run_once(
@@ -122,7 +126,7 @@ class Database:
     a dropped connection raises ConnectionLost and the caller decides to retry.
     """
 
-    def __init__(self, url: str, *, size: int) -> None:
+    def __init__(self, url: str, *, size: int, setup: tuple[str, ...] = ()) -> None:
         self.url = url
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]] = (
             psycopg_pool.ConnectionPool(
@@ -133,7 +137,7 @@ class Database:
                 max_size=size,
                 open=False,
                 timeout=POOL_TIMEOUT,
-                configure=_configure,
+                configure=functools.partial(_configure, setup=setup),
                 kwargs={
                     "autocommit": True,
                     "row_factory": dict_row,

@@ -1,4 +1,4 @@
-"""`up`'s runtime: the worker, the demo producer and the live view, in one task group."""
+"""`up`'s runtime: worker, demo producer, live view and dashboard, in one task group."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from rich.console import Console
 from rich.live import Live
 
 from notifyworker import admin, console
-from notifyworker.config import Settings
+from notifyworker.config import DashboardSettings, Settings
+from notifyworker.dashboard import serve_dashboard
 from notifyworker.db import Database
-from notifyworker.errors import ConnectionLost
+from notifyworker.errors import ConfigError, ConnectionLost
 from notifyworker.models import JobId, JobRow, WorkerId
 from notifyworker.service import Worker, stop_on_signals
 from notifyworker.tasks import Registry
@@ -33,6 +34,7 @@ async def run_up(
     duration: float | None,
     out: Console,
     live: bool,
+    board: DashboardSettings | None = None,
 ) -> tuple[JobId, float]:
     """Run until a signal (or `duration`); returns the last job id before the run and its length."""
     db = Database(settings.url(), size=2)
@@ -43,6 +45,8 @@ async def run_up(
         began = anyio.current_time()
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(stop_on_signals, worker)
+            if board is not None:
+                await _start_dashboard(tasks, settings.url(), board)
             await tasks.start(_run_worker, worker, tasks.cancel_scope)
             async with anyio.create_task_group() as demo:
                 demo.start_soon(produce_forever, db, demo_rate)
@@ -58,6 +62,18 @@ async def run_up(
     finally:
         with anyio.CancelScope(shield=True):
             await db.close()
+
+
+async def _start_dashboard(tasks: anyio.abc.TaskGroup, url: str, board: DashboardSettings) -> None:
+    """The dashboard beside the demo (its log line gives the address); on a free port
+    when the default one is taken, as a busy port must not stop the demo."""
+    try:
+        await tasks.start(serve_dashboard, url, board)
+    except ConfigError:
+        if "port" in board.model_fields_set:
+            raise
+        log.warning("port %d is taken: the dashboard takes a free one", board.port)
+        await tasks.start(serve_dashboard, url, board.model_copy(update={"port": 0}))
 
 
 async def _run_worker(

@@ -5,6 +5,15 @@
 -- Cancel and retry are admin.sql's cancel_job and retry_job; the counts by
 -- status are service.sql's job_counts.
 
+-- dashboard_session --
+-- Set on each of the dashboard's pooled connections, after session_settings.
+-- No JIT: the overview's per-queue LATERAL counts have a large planned cost
+-- (up to 500 queues times the cap) that would make PostgreSQL compile them,
+-- about 300 ms, for a statement that runs in a few; and a page that waits
+-- on the database gives up after 5 s, as a person would.
+SET jit = off;
+SET statement_timeout = '5s';
+
 -- === Overview ===
 
 -- dashboard_queues --

@@ -257,7 +257,8 @@ def test_the_dashboard_is_optional_and_reachable_only_inside_the_cluster() -> No
     (port,) = box["ports"]
     # Its own port, never the workers' probe port.
     worker_ports = {p["containerPort"] for p in container(deployment())["ports"]}
-    assert port["containerPort"] == 8000 and port["containerPort"] not in worker_ports
+    assert port["containerPort"] == 8000
+    assert port["containerPort"] not in worker_ports
     assert service["spec"]["ports"][0]["targetPort"] == port["name"]
     assert service["spec"]["selector"] == board["spec"]["selector"]["matchLabels"]
     assert (
