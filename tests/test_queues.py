@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.helpers import Calls, eventually, fast_settings, running_worker, scalar
+from tests.helpers import Calls, eventually, fast_settings, grant, running_worker, scalar, url_as
 from tests.test_processes import spawn, stop
 
 CLAIM = (
@@ -250,3 +250,26 @@ async def test_a_fleet_rate_is_never_exceeded_by_three_worker_processes(
     )
     assert span >= 2.0 * 0.98
     assert scalar(conn, "SELECT count(DISTINCT pid) FROM ledger") >= 2
+
+
+def test_the_worker_role_claims_from_a_queue_with_every_limit(
+    database_url: str, conn: psycopg.Connection[Any], login_role: tuple[str, str]
+) -> None:
+    grant(conn, "notifyworker_worker", login_role[0])
+    conn.execute(
+        "INSERT INTO notifyworker.queues (name, rate, concurrency, key_rate, key_concurrency)"
+        " VALUES ('default', 100, 10, 50, 2)"
+    )
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, limit_key)"
+        " SELECT 'ledger', 'k' || n % 3 FROM generate_series(1, 20) AS n"
+    )
+    with psycopg.connect(url_as(database_url, login_role), autocommit=True) as worker:
+        worker.execute("INSERT INTO notifyworker.workers (id, host, pid) VALUES ('w', 'h', 1)")
+        jobs = [row for row in claim(worker, 10) if row[0] is not None]
+    assert jobs
+    # The worker role kept the fleet's slots: the queue's and each key's.
+    assert scalar(conn, "SELECT next_start_at > now() FROM notifyworker.queues")
+    assert scalar(conn, "SELECT count(*) FROM notifyworker.queue_keys") == len(
+        {row[2] for row in jobs}
+    )
