@@ -273,3 +273,33 @@ def test_the_worker_role_claims_from_a_queue_with_every_limit(
     assert scalar(conn, "SELECT count(*) FROM notifyworker.queue_keys") == len(
         {row[2] for row in jobs}
     )
+
+
+def test_a_new_rate_replans_the_next_slot_at_once(worker_row: psycopg.Connection[Any]) -> None:
+    conn = worker_row
+    conn.execute("INSERT INTO notifyworker.queues (name, rate) VALUES ('default', 0.001)")
+    conn.execute("INSERT INTO notifyworker.jobs (task) SELECT 'ledger' FROM generate_series(1, 5)")
+    assert len([row for row in claim(conn, 5) if row[0] is not None]) == 1
+    # The next slot is 1,000 s away; raised to 10/s, it is 0.1 s after the last one.
+    conn.execute("UPDATE notifyworker.queues SET rate = 10 WHERE name = 'default'")
+    due_in = scalar(
+        conn, "SELECT extract(epoch FROM next_start_at - now()) FROM notifyworker.queues"
+    )
+    assert due_in < 0.2
+
+
+def test_a_queue_row_held_by_another_transaction_never_stalls_the_claim(
+    worker_row: psycopg.Connection[Any], database_url: str
+) -> None:
+    conn = worker_row
+    conn.execute("INSERT INTO notifyworker.queues (name, concurrency) VALUES ('held', 5)")
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, queue) VALUES ('ledger', 'held'), ('ledger', 'free')"
+    )
+    with psycopg.connect(database_url) as other:
+        other.execute("SELECT FROM notifyworker.queues WHERE name = 'held' FOR UPDATE")
+        rows = claim(conn, 10)
+        other.rollback()
+    assert [row[1] for row in rows if row[0] is not None] == ["free"]
+    assert [row[4] for row in rows if row[0] is None] == [pytest.approx(0.01)]  # soon again
+    assert [row[1] for row in claim(conn, 10)] == ["held"]
