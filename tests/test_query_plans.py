@@ -71,7 +71,7 @@ def test_claim_and_sweep_use_the_partial_indexes(conn: psycopg.Connection[Any]) 
     )
     conn.execute("ANALYZE notifyworker.jobs")
     fair = nested_plans(conn, "claim", **CLAIM)
-    assert "jobs_waiting_by_key" in fair
+    assert "jobs_waiting" in fair
     assert "jobs_held_by_queue" in fair
     assert "Seq Scan on jobs" not in fair
     backoff = {"retry_backoff": 1.0, "retry_backoff_max": 60.0}
