@@ -123,10 +123,11 @@ def test_the_filtered_job_list_never_sorts_the_table(conn: psycopg.Connection[An
             assert any(name in shown for name in either.get(index, (index,))), (filters, shown)
             assert "Seq Scan" not in shown, filters
     # Waiting jobs: their partial index, or the newest end of the primary key.
-    for filters in ({"status": "new"}, {"status": "new", "queue": "default"}):
-        waiting = plan(**filters)
-        assert "jobs_waiting" in waiting or "jobs_pkey" in waiting, filters
-        assert "Seq Scan" not in waiting, filters
+    new: dict[str, Any]
+    for new in ({"status": "new"}, {"status": "new", "queue": "default"}):
+        waiting = plan(**new)
+        assert "jobs_waiting" in waiting or "jobs_pkey" in waiting, new
+        assert "Seq Scan" not in waiting, new
     # No index serves a task alone or `done`: a walk down the primary key, no
     # further than the search window (here the latest 10,000 of 52,140 jobs).
     start = conn.execute(query("window_start").encode(), {"window": 10_000}).fetchone()
