@@ -123,8 +123,8 @@ def test_the_filtered_job_list_never_sorts_the_table(conn: psycopg.Connection[An
             assert any(name in shown for name in either.get(index, (index,))), (filters, shown)
             assert "Seq Scan" not in shown, filters
     # Waiting jobs: their partial index, or the newest end of the primary key.
-    new: dict[str, Any]
-    for new in ({"status": "new"}, {"status": "new", "queue": "default"}):
+    news: list[dict[str, Any]] = [{"status": "new"}, {"status": "new", "queue": "default"}]
+    for new in news:
         waiting = plan(**new)
         assert "jobs_waiting" in waiting or "jobs_pkey" in waiting, new
         assert "Seq Scan" not in waiting, new
