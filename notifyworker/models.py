@@ -265,6 +265,9 @@ class JobStory(JobRow):
     attempts_before_retry: int  # its starts by then
     error_before_retry: str | None  # its error then
     result: Any  # any JSON value the handler returned; None: no result (or JSON null)
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    limit_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

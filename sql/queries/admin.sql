@@ -182,7 +182,7 @@ FROM (SELECT id FROM notifyworker.jobs ORDER BY id DESC LIMIT %(window)s) AS lat
 SELECT id, task, object_id, payload, status, attempts, max_attempts, lost_claims, worker_id,
        extract(epoch FROM timeout)::float8 AS timeout, run_at, created_at, queued_at,
        started_at, finished_at, cancelled_at, retries, retried_at, attempts_before_retry,
-       error_before_retry, error, result
+       error_before_retry, error, result, queue, priority, limit_key
 FROM notifyworker.jobs
 WHERE id = %(id)s;
 
