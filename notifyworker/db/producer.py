@@ -174,7 +174,8 @@ def _driver_errors() -> Iterator[None]:
 
 def _row(job: Job) -> dict[str, Any]:
     """`job` as enqueue_job's parameters, checked before anything is sent."""
-    if problem := _placement_problem(job):
+    placed = job.queue is not None or job.priority is not None or job.limit_key is not None
+    if placed and (problem := _placement_problem(job)):
         raise InvalidJob(problem)
     return {
         "task": job.task,
