@@ -262,14 +262,12 @@ CREATE TABLE notifyworker.migrations (
 -- Indexes
 -- ============================================================================
 
--- The claim reads a queue's due jobs, highest priority first, then oldest;
--- finished rows never enter this index.
-CREATE INDEX jobs_waiting ON notifyworker.jobs (queue, priority DESC, run_at, id)
+-- The claim reads a queue's due jobs, highest priority first, then oldest:
+-- those without a key (coalesce(limit_key, '') = '', which no key can be),
+-- or one key's; and walks the keys that wait. Finished rows never enter it.
+CREATE INDEX jobs_waiting
+    ON notifyworker.jobs (queue, (coalesce(limit_key, '')), priority DESC, run_at, id)
     WHERE status = 'new';
-
--- The round-robin by key: each key's next jobs, and the keys that wait.
-CREATE INDEX jobs_waiting_by_key ON notifyworker.jobs (queue, limit_key, priority DESC, run_at, id)
-    WHERE status = 'new' AND limit_key IS NOT NULL;
 
 -- Concurrency limits count the jobs a queue (and a key) holds on workers.
 CREATE INDEX jobs_held_by_queue ON notifyworker.jobs (queue, limit_key)
@@ -743,7 +741,8 @@ DECLARE
     left_over integer := wanted;
     budget integer;
     got integer;
-    capped boolean;
+    capped boolean;         -- a key at its key_concurrency held jobs back
+    more boolean;           -- a key gave its whole share: it may have more
     again double precision;  -- seconds until a held-back queue may yield more
     clock timestamptz;
     horizon timestamptz;
@@ -802,12 +801,14 @@ BEGIN
 
         IF NOT limited THEN
             IF NOT EXISTS (SELECT FROM notifyworker.jobs AS j
-                           WHERE j.status = 'new' AND j.queue = q AND j.limit_key IS NOT NULL) THEN
+                           WHERE j.status = 'new' AND j.queue = q
+                             AND coalesce(j.limit_key, '') > '') THEN
                 -- The plain claim: no limits, no keys to be fair between.
                 RETURN QUERY
                 WITH picked AS (
                     SELECT j.id FROM notifyworker.jobs AS j
-                    WHERE j.status = 'new' AND j.queue = q AND j.run_at <= now()
+                    WHERE j.status = 'new' AND j.queue = q AND coalesce(j.limit_key, '') = ''
+                      AND j.run_at <= now()
                     ORDER BY j.priority DESC, j.run_at, j.id
                     LIMIT left_over
                     FOR UPDATE SKIP LOCKED
@@ -861,7 +862,9 @@ BEGIN
         horizon := clock + make_interval(secs => pace_ahead);
         slot := NULL; gap := NULL; key_gap := NULL;
         IF limited AND cfg.rate > 0 THEN
-            slot := greatest(clock, cfg.next_start_at);
+            -- A slot is never in the past when the worker gets it: 2 ms ahead
+            -- at least, or jobs claimed after an idle spell would start at once.
+            slot := greatest(clock + interval '2 milliseconds', cfg.next_start_at);
             gap := make_interval(secs => 1 / cfg.rate);
             IF slot > horizon THEN
                 again := least(again, extract(epoch FROM slot - horizon)::float8);
@@ -873,7 +876,7 @@ BEGIN
         END IF;
         after_key := cursors ->> q;
         ids := '{}'; starts := '{}'; keys := '{}'; key_slots := '{}';
-        key_held := '{}'; key_taken := '{}'; capped := false;
+        key_held := '{}'; key_taken := '{}'; capped := false; more := false;
 
         -- Candidates, round-robin by key: up to 200 keys after the last one
         -- this session took (then from the first), and the jobs without a
@@ -881,64 +884,76 @@ BEGIN
         -- first, then oldest.
         FOR cand IN
             WITH RECURSIVE after_cursor AS (
-                (SELECT j.limit_key FROM notifyworker.jobs AS j
-                 WHERE j.status = 'new' AND j.queue = q AND j.limit_key IS NOT NULL
-                   AND j.limit_key > coalesce(after_key, '')
-                 ORDER BY j.limit_key LIMIT 1)
+                (SELECT coalesce(j.limit_key, '') AS turn_key FROM notifyworker.jobs AS j
+                 WHERE j.status = 'new' AND j.queue = q
+                   AND coalesce(j.limit_key, '') > coalesce(after_key, '')
+                 ORDER BY coalesce(j.limit_key, '') LIMIT 1)
                 UNION ALL
-                SELECT (SELECT j.limit_key FROM notifyworker.jobs AS j
-                        WHERE j.status = 'new' AND j.queue = q AND j.limit_key IS NOT NULL
-                          AND j.limit_key > a.limit_key
-                        ORDER BY j.limit_key LIMIT 1)
-                FROM after_cursor AS a WHERE a.limit_key IS NOT NULL
+                SELECT (SELECT coalesce(j.limit_key, '') FROM notifyworker.jobs AS j
+                        WHERE j.status = 'new' AND j.queue = q
+                          AND coalesce(j.limit_key, '') > a.turn_key
+                        ORDER BY coalesce(j.limit_key, '') LIMIT 1)
+                FROM after_cursor AS a WHERE a.turn_key IS NOT NULL
             ), from_first AS (
-                (SELECT j.limit_key FROM notifyworker.jobs AS j
-                 WHERE j.status = 'new' AND j.queue = q AND j.limit_key IS NOT NULL
-                   AND j.limit_key <= after_key
-                 ORDER BY j.limit_key LIMIT 1)
+                (SELECT coalesce(j.limit_key, '') AS turn_key FROM notifyworker.jobs AS j
+                 WHERE j.status = 'new' AND j.queue = q
+                   AND coalesce(j.limit_key, '') > '' AND coalesce(j.limit_key, '') <= after_key
+                 ORDER BY coalesce(j.limit_key, '') LIMIT 1)
                 UNION ALL
-                SELECT (SELECT j.limit_key FROM notifyworker.jobs AS j
-                        WHERE j.status = 'new' AND j.queue = q AND j.limit_key IS NOT NULL
-                          AND j.limit_key > f.limit_key AND j.limit_key <= after_key
-                        ORDER BY j.limit_key LIMIT 1)
-                FROM from_first AS f WHERE f.limit_key IS NOT NULL
+                SELECT (SELECT coalesce(j.limit_key, '') FROM notifyworker.jobs AS j
+                        WHERE j.status = 'new' AND j.queue = q
+                          AND coalesce(j.limit_key, '') > f.turn_key
+                          AND coalesce(j.limit_key, '') <= after_key
+                        ORDER BY coalesce(j.limit_key, '') LIMIT 1)
+                FROM from_first AS f WHERE f.turn_key IS NOT NULL
             ), visited AS (
-                -- In turn order; the LIMIT stops both walks (they run lazily).
-                (SELECT a.limit_key FROM after_cursor AS a WHERE a.limit_key IS NOT NULL
+                -- Keys in turn order, no more than the budget (the LIMIT stops
+                -- both walks: they run lazily), then the jobs without a key.
+                (SELECT a.turn_key FROM after_cursor AS a WHERE a.turn_key IS NOT NULL
                  UNION ALL
-                 SELECT f.limit_key FROM from_first AS f WHERE f.limit_key IS NOT NULL
-                 LIMIT 200)
+                 SELECT f.turn_key FROM from_first AS f WHERE f.turn_key IS NOT NULL
+                 LIMIT least(budget, 200))
                 UNION ALL
-                SELECT NULL::text
+                SELECT ''
             ), turns AS (
-                SELECT v.limit_key, row_number() OVER () AS turn FROM visited AS v
+                SELECT v.turn_key, row_number() OVER () AS turn FROM visited AS v
             ), shares AS (
-                SELECT t.limit_key, t.turn,
+                SELECT t.turn_key, t.turn,
                        ceil(budget::float8 / (SELECT count(*) FROM turns))::integer AS share,
-                       CASE WHEN t.limit_key IS NOT NULL AND cfg.key_concurrency IS NOT NULL
+                       CASE WHEN t.turn_key <> '' AND cfg.key_concurrency IS NOT NULL
                             THEN (SELECT count(*) FROM notifyworker.jobs AS j
                                   WHERE j.status IN ('queued', 'running') AND j.queue = q
-                                    AND j.limit_key = t.limit_key)::integer
+                                    AND j.limit_key = t.turn_key)::integer
                        END AS held
                 FROM turns AS t
             )
-            SELECT c.id, s.limit_key, s.held
+            -- A key at its key_concurrency gives no job (and locks none); it
+            -- still gives a row, without a job, to say so.
+            SELECT c.id, nullif(s.turn_key, '') AS limit_key, s.held,
+                   c.id IS NULL AND s.held >= cfg.key_concurrency AS at_limit,
+                   count(c.id) OVER (PARTITION BY s.turn) = s.share AS full_share
             FROM shares AS s
-            CROSS JOIN LATERAL (
+            LEFT JOIN LATERAL (
                 SELECT l.id, l.priority, l.run_at,
                        row_number() OVER (ORDER BY l.priority DESC, l.run_at, l.id) AS rank
                 FROM (
                     SELECT j.id, j.priority, j.run_at FROM notifyworker.jobs AS j
-                    WHERE j.status = 'new' AND j.queue = q AND j.run_at <= now()
-                      AND ((s.limit_key IS NULL AND j.limit_key IS NULL)
-                           OR j.limit_key = s.limit_key)
+                    WHERE j.status = 'new' AND j.queue = q
+                      AND coalesce(j.limit_key, '') = s.turn_key AND j.run_at <= now()
                     ORDER BY j.priority DESC, j.run_at, j.id
-                    LIMIT s.share
+                    LIMIT CASE WHEN s.held >= cfg.key_concurrency THEN 0 ELSE s.share END
                     FOR UPDATE SKIP LOCKED
                 ) AS l
-            ) AS c
-            ORDER BY c.priority DESC, c.rank, s.turn
+            ) AS c ON true
+            ORDER BY c.priority DESC NULLS LAST, c.rank, s.turn
         LOOP
+            IF cand.at_limit THEN
+                capped := true;
+            END IF;
+            IF cand.full_share THEN
+                more := true;  -- this key may have more than its share gave
+            END IF;
+            CONTINUE WHEN cand.id IS NULL;
             EXIT WHEN cardinality(ids) >= budget;
             IF slot > horizon THEN
                 again := least(again, extract(epoch FROM slot - horizon)::float8);
@@ -993,6 +1008,9 @@ BEGIN
                       AND budget < left_over) THEN
             again := least(again, 0.05);  -- places held elsewhere may free up
         END IF;
+        IF more AND cardinality(ids) < budget THEN
+            again := least(again, 0.0);  -- shares left room a second claim can fill
+        END IF;
         IF slot IS NOT NULL THEN
             UPDATE notifyworker.queues AS c SET next_start_at = slot WHERE c.name = q;
         END IF;
@@ -1016,9 +1034,9 @@ BEGIN
                CASE WHEN pg_column_size(c.payload) <= max_payload_bytes THEN c.payload::text END,
                pg_column_size(c.payload), extract(epoch FROM c.timeout)::float8,
                c.queued_at, c.created_at, c.attempts, c.max_attempts, c.queue, c.limit_key,
-               CASE WHEN c.start_at IS NOT NULL
-                    THEN greatest(extract(epoch FROM c.start_at - clock_timestamp())::float8, 0)
-               END,
+               -- From the claim's start (now()), which the worker knows as the
+               -- moment it sent the claim: the answer's delay moves no slot.
+               extract(epoch FROM c.start_at - now())::float8,
                NULL::float8
         FROM claimed AS c;
         GET DIAGNOSTICS got = ROW_COUNT;
