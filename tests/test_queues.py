@@ -316,3 +316,15 @@ def test_one_key_alone_fills_the_claim_over_two_claims(
     again = [row[4] for row in rows if row[0] is None]
     assert 0 < len(jobs) < 10  # the key's share, half (the jobs without a key had the other)
     assert again == [pytest.approx(0.001)]
+
+
+def test_jobs_of_a_higher_priority_not_yet_due_never_hold_the_claim_back(
+    worker_row: psycopg.Connection[Any],
+) -> None:
+    conn = worker_row
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, priority, run_at)"
+        " SELECT 'ledger', 10, now() + interval '1 hour' FROM generate_series(1, 1000)"
+    )
+    due = scalar(conn, "INSERT INTO notifyworker.jobs (task) VALUES ('ledger') RETURNING id")
+    assert [row[0] for row in claim(conn, 5)] == [due]

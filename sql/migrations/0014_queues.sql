@@ -260,14 +260,33 @@ BEGIN
                            WHERE j.status = 'new' AND j.queue = q
                              AND coalesce(j.limit_key, '') > '') THEN
                 -- The plain claim: no limits, no keys to be fair between.
+                -- Priority by priority, highest first, each one's due jobs
+                -- oldest first: jobs of a higher priority that are not due
+                -- yet (scheduled, or a retry's backoff) are never read past.
                 RETURN QUERY
-                WITH picked AS (
-                    SELECT j.id FROM notifyworker.jobs AS j
-                    WHERE j.status = 'new' AND j.queue = q AND coalesce(j.limit_key, '') = ''
-                      AND j.run_at <= now()
-                    ORDER BY j.priority DESC, j.run_at, j.id
+                WITH RECURSIVE levels AS (
+                    (SELECT j.priority FROM notifyworker.jobs AS j
+                     WHERE j.status = 'new' AND j.queue = q AND coalesce(j.limit_key, '') = ''
+                     ORDER BY j.priority DESC LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT j.priority FROM notifyworker.jobs AS j
+                            WHERE j.status = 'new' AND j.queue = q
+                              AND coalesce(j.limit_key, '') = '' AND j.priority < l.priority
+                            ORDER BY j.priority DESC LIMIT 1)
+                    FROM levels AS l WHERE l.priority IS NOT NULL
+                ), picked AS (
+                    SELECT d.id FROM levels AS l
+                    CROSS JOIN LATERAL (
+                        SELECT j.id FROM notifyworker.jobs AS j
+                        WHERE j.status = 'new' AND j.queue = q
+                          AND coalesce(j.limit_key, '') = '' AND j.priority = l.priority
+                          AND j.run_at <= now()
+                        ORDER BY j.run_at, j.id
+                        LIMIT left_over
+                        FOR UPDATE SKIP LOCKED
+                    ) AS d
+                    WHERE l.priority IS NOT NULL
                     LIMIT left_over
-                    FOR UPDATE SKIP LOCKED
                 ), claimed AS (
                     UPDATE notifyworker.jobs AS j
                     SET status = 'queued', queued_at = clock_timestamp(), worker_id = worker
