@@ -353,7 +353,10 @@ class FleetBench:
             query = OUTSTANDING["nw"].encode()
             while (row := conn.execute(query).fetchone()) and row[0]:
                 if time.time() > deadline:
-                    raise RuntimeError(f"fleet: {row[0]} jobs still outstanding at the deadline")
+                    raise RuntimeError(
+                        f"fleet: jobs outstanding at the deadline ({self.counts()}); "
+                        f"the workers' logs: {self.bench.tmp}/fleet-*.log"
+                    )
                 time.sleep(0.005)
         return time.time()
 
