@@ -20,31 +20,49 @@ from notifyworker.db import DirectStatement, Row
 from notifyworker.demand import Demand
 from notifyworker.handover import Sender
 from notifyworker.inflight import Held, InFlight
-from notifyworker.limiter import FixedIntervalLimiter
+from notifyworker.limiter import NO_TICKET, FixedIntervalLimiter
 from notifyworker.models import ClaimedJob, JobId, WorkerId
 from notifyworker.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
 
-def claimed_jobs(rows: list[Row]) -> list[ClaimedJob]:
-    """Rows the `claim` statement returned, oldest first."""
-    jobs = [
-        ClaimedJob(
-            id=JobId(row["id"]),
-            task=row["task"],
-            payload=row["payload"],
-            timeout=row["timeout"],
-            claimed_at=row["queued_at"],
-            attempt=row["attempts"] + 1,
-            max_attempts=row["max_attempts"],
-            created_at=row["created_at"],
-            stored_bytes=row["stored_bytes"],
+# How far ahead a claim may take start slots of a queue's fleet rate: far
+# enough that one claim serves a tenth of a second of starts, near enough that
+# a worker that dies holding them leaves only that gap in the fleet's pace.
+PACE_AHEAD = 0.1
+
+
+def claimed_jobs(rows: list[Row]) -> tuple[list[ClaimedJob], float | None]:
+    """Rows the `claim` statement returned, oldest first; and when to claim again.
+
+    A row without a job says, after a limit held jobs back, in how many
+    seconds a claim may find more (None: when work arrives, as ever).
+    """
+    jobs: list[ClaimedJob] = []
+    again: float | None = None
+    for row in rows:
+        if row["id"] is None:
+            again = row["claim_again_in"]
+            continue
+        jobs.append(
+            ClaimedJob(
+                id=JobId(row["id"]),
+                task=row["task"],
+                payload=row["payload"],
+                timeout=row["timeout"],
+                claimed_at=row["queued_at"],
+                attempt=row["attempts"] + 1,
+                max_attempts=row["max_attempts"],
+                created_at=row["created_at"],
+                stored_bytes=row["stored_bytes"],
+                queue=row["queue"],
+                start_in=row["start_in"],
+            )
         )
-        for row in rows
-    ]
-    jobs.sort(key=lambda job: job.id)  # UPDATE … RETURNING does not keep the CTE's order
-    return jobs
+    # Fleet slots in start order; the rest oldest first (ids grow with time).
+    jobs.sort(key=lambda job: (job.start_in is None, job.start_in or 0.0, job.id))
+    return jobs, again
 
 
 class Claimer:
@@ -62,6 +80,7 @@ class Claimer:
         poll_interval: float,
         reconcile_interval: float,
         max_payload_bytes: int,
+        serve: tuple[str, ...] | None = None,
     ) -> None:
         # A claim lost in a server crash only puts the job back to `new`, so
         # the claim connection commits asynchronously (see session_async_commit).
@@ -74,6 +93,7 @@ class Claimer:
         self._poll_interval = poll_interval
         self._reconcile_interval = reconcile_interval
         self._max_payload_bytes = max_payload_bytes
+        self._serve = None if serve is None else list(serve)
         self._retrying = Retrying("claim")
 
     async def run(self, send: Sender[Held]) -> NoReturn:
@@ -116,19 +136,31 @@ class Claimer:
     async def _run_claim(self) -> tuple[int, int, list[Row]]:
         asked, generation = self._demand.free, self._demand.generation
         rows = await self._claim.run(
-            worker_id=self._worker_id, limit=asked, max_payload_bytes=self._max_payload_bytes
+            worker_id=self._worker_id,
+            serve=self._serve,
+            limit=asked,
+            max_payload_bytes=self._max_payload_bytes,
+            pace_ahead=PACE_AHEAD,
         )
         return asked, generation, rows
 
     def _claim_once(self, send: Sender[Held], claim: tuple[int, int, list[Row]]) -> None:
         asked, generation, rows = claim
-        jobs = claimed_jobs(rows)
+        jobs, again = claimed_jobs(rows)
         self._demand.claimed(asked, len(jobs), generation)
+        if again is not None:
+            self._demand.due_in(again)  # a limit held jobs back: look again then
+        received_at = anyio.current_time()
         for job in jobs:
-            # Start tickets are drawn here, in claim order, so the oldest job
-            # starts first whichever consumer the loop happens to run first. The
+            # A fleet slot is the database's; the worker's own limiter paces
+            # the rest, its tickets drawn here, in claim order, so the oldest
+            # job starts first whichever consumer the loop runs first. The
             # channel is never full: claims fit the free slots.
-            send.send_nowait(self._inflight.claimed(job, self._limiter.ticket()))
+            if job.start_in is None:
+                held = self._inflight.claimed(job, self._limiter.ticket())
+            else:
+                held = self._inflight.claimed(job, NO_TICKET, received_at + job.start_in)
+            send.send_nowait(held)
 
     async def _release_lost_claims(self) -> bool:
         """Requeue this worker's `queued` jobs it does not know; False while that fails."""

@@ -98,18 +98,8 @@ async def _run_one(held: Held, scope: anyio.CancelScope, ctx: ConsumerContext) -
         ctx.limiter.abandon(ticket)  # a job that cannot start takes no start slot
         _finished(job, Outcome("failed", error=str(exc)), None, ctx)
         return
-    if ticket != NO_TICKET:
-        # Only a paced job needs a scope that a cancel or the stop can end while it waits.
-        with anyio.CancelScope() as pacing:
-            held.stage, held.scope = Stage.PACING, pacing
-            paced_at = anyio.current_time()
-            try:
-                await ctx.limiter.wait(ticket)
-            finally:
-                held.stage, held.scope = Stage.CLAIMED, None
-                ctx.metrics.limiter_waited(anyio.current_time() - paced_at)
-        if pacing.cancelled_caught or ctx.stopping or held.reason is not None:
-            return
+    if (ticket != NO_TICKET or held.start_at is not None) and not await _paced(held, ctx):
+        return
     started_at = ctx.recorder.started(job)
     ctx.metrics.job_started(job, started_at)
     held.stage, held.scope = Stage.RUNNING, scope
@@ -142,6 +132,23 @@ async def _run_one(held: Held, scope: anyio.CancelScope, ctx: ConsumerContext) -
                 "cancelled", error=reason or "worker stopped while the job ran", retryable=True
             )
         _finished(job, outcome, started_at, ctx)
+
+
+async def _paced(held: Held, ctx: ConsumerContext) -> bool:
+    """Wait for the job's start slot (the fleet's, else the limiter's); False: do not start."""
+    # Only a paced job needs a scope that a cancel or the stop can end while it waits.
+    with anyio.CancelScope() as pacing:
+        held.stage, held.scope = Stage.PACING, pacing
+        paced_at = anyio.current_time()
+        try:
+            if held.start_at is None:
+                await ctx.limiter.wait(held.ticket)
+            else:
+                await anyio.sleep_until(held.start_at)
+        finally:
+            held.stage, held.scope = Stage.CLAIMED, None
+            ctx.metrics.limiter_waited(anyio.current_time() - paced_at)
+    return not (pacing.cancelled_caught or ctx.stopping or held.reason is not None)
 
 
 def _payload_text(job: ClaimedJob, limit: int) -> str:

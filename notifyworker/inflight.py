@@ -33,11 +33,13 @@ class Stage(Enum):
 class Held:
     """One claimed attempt of a job; its consumer moves it along the stages."""
 
-    __slots__ = ("deadline", "job", "reason", "scope", "stage", "ticket")
+    __slots__ = ("deadline", "job", "reason", "scope", "stage", "start_at", "ticket")
 
-    def __init__(self, job: ClaimedJob, ticket: int) -> None:
+    def __init__(self, job: ClaimedJob, ticket: int, start_at: float | None = None) -> None:
         self.job = job
         self.ticket = ticket
+        # Its fleet start slot on the event loop's clock (None: the limiter's ticket paces it).
+        self.start_at = start_at
         self.stage = Stage.CLAIMED
         self.scope: anyio.CancelScope | None = None
         self.deadline = math.inf
@@ -74,8 +76,8 @@ class InFlight:
         for attempts in list(self._by_job.values()):
             yield from list(attempts)
 
-    def claimed(self, job: ClaimedJob, ticket: int) -> Held:
-        held = Held(job, ticket)
+    def claimed(self, job: ClaimedJob, ticket: int, start_at: float | None = None) -> Held:
+        held = Held(job, ticket, start_at)
         attempts = self._by_job.get(job.id)
         if attempts is None:
             self._by_job[job.id] = [held]

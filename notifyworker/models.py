@@ -115,6 +115,9 @@ class ClaimedJob:
     max_attempts: int
     created_at: datetime  # the INSERT, on the database's clock
     stored_bytes: int  # the payload's size as stored (compressed, maybe): checked before fetching
+    queue: str = "default"
+    # Seconds from the claim until its fleet start slot; None: the worker's own pace.
+    start_in: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

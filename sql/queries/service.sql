@@ -84,38 +84,26 @@ SELECT left_jobs FROM left_behind;
 -- === The hot path: the claim and the marks ===
 
 -- claim --
--- Takes up to %(limit)s due jobs, earliest first, for one worker.
--- SKIP LOCKED lets replicas claim side by side without waiting on each
--- other or taking the same row; the partial index jobs_waiting keeps the
--- scan to due waiting rows only (now(), being stable, bounds the index scan).
--- queued_at is the claim's fence: the worker's marks carry it back.
--- A worker a sweeper declared dead claims nothing until it has registered
--- again, so a worker back from a freeze never runs a job's new attempt
--- beside its stale one.
-WITH picked AS (
-    SELECT id FROM notifyworker.jobs
-    WHERE status = 'new' AND run_at <= now()
-      AND EXISTS (SELECT FROM notifyworker.workers WHERE id = %(worker_id)s)
-    ORDER BY run_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE notifyworker.jobs AS j
-SET status = 'queued', queued_at = clock_timestamp(), worker_id = %(worker_id)s
-FROM picked
-WHERE j.id = picked.id
--- Only what a consumer needs: every column loaded costs the claim's hot path.
--- The payload comes as JSON text, parsed once, by the task's own model;
--- queued_at is the marks' fence, created_at and attempts feed the metrics and the log line.
--- A payload whose stored size is over the worker's limit is not fetched at
--- all (its size is read from the datum's header, without detoasting it): the
--- consumer fails it as oversized, and the claim stays cheap whatever a row holds.
-RETURNING j.id, j.task,
-          CASE WHEN pg_column_size(j.payload) <= %(max_payload_bytes)s THEN j.payload::text END
-              AS payload,
-          pg_column_size(j.payload) AS stored_bytes,
-          extract(epoch FROM j.timeout)::float8 AS timeout,
-          j.queued_at, j.created_at, j.attempts, j.max_attempts;
+-- Takes up to %(limit)s due jobs for one worker from the queues it serves
+-- (%(serve)s; NULL: every queue), each queue by its own settings in
+-- notifyworker.queues, through notifyworker.claim_v1 (migration 0014, where
+-- the rules are written down): highest priority first, then oldest; round-
+-- robin between limit keys; fleet-wide limits counted under the queue row's
+-- lock; start slots of a fleet rate handed out %(pace_ahead)s seconds ahead.
+-- SKIP LOCKED lets replicas claim side by side; queued_at is the claim's
+-- fence, carried back by the worker's marks. A worker a sweeper declared
+-- dead claims nothing until it has registered again.
+-- Only what a consumer needs comes back. The payload comes as JSON text,
+-- parsed once by the task's own model, and not at all when its stored size is
+-- over the worker's limit (read from the datum's header, without detoasting
+-- it): the consumer fails it as oversized, and the claim stays cheap.
+-- start_in: seconds until the job's fleet start slot (NULL: the worker's own
+-- pace); a last row without a job says when to claim again (claim_again_in)
+-- after a limit held jobs back.
+SELECT id, task, payload, stored_bytes, timeout, queued_at, created_at, attempts,
+       max_attempts, queue, start_in, claim_again_in
+FROM notifyworker.claim_v1(
+    %(worker_id)s, %(serve)s::text[], %(limit)s, %(max_payload_bytes)s, %(pace_ahead)s);
 
 -- async_commit --
 -- For transactions whose loss in a server crash costs at most a re-run (a

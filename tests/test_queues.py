@@ -1,0 +1,251 @@
+"""Queues, priorities and limit keys: the claim's rules, and limits that hold for a fleet.
+
+The claim's order and fairness are checked on the claim itself (SQL, one
+worker row); the fleet-wide limits with several real worker processes, from
+the timestamps the jobs leave in the table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.helpers import Calls, eventually, fast_settings, running_worker, scalar
+from tests.test_processes import spawn, stop
+
+CLAIM = (
+    "SELECT id, queue, limit_key, start_in, claim_again_in"
+    " FROM notifyworker.claim_v1(%s, %s, %s, 1048576, 0.1)"
+)
+
+
+def claim(conn: psycopg.Connection[Any], n: int, serve: list[str] | None = None) -> list[Any]:
+    return conn.execute(CLAIM.encode(), ("w", serve, n)).fetchall()
+
+
+@pytest.fixture
+def worker_row(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    conn.execute("INSERT INTO notifyworker.workers (id, host, pid) VALUES ('w', 'h', 1)")
+    return conn
+
+
+def test_a_high_priority_job_behind_a_long_line_is_the_next_claimed(
+    worker_row: psycopg.Connection[Any],
+) -> None:
+    conn = worker_row
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task) SELECT 'ledger' FROM generate_series(1, 100000)"
+    )
+    urgent = scalar(
+        conn, "INSERT INTO notifyworker.jobs (task, priority) VALUES ('ledger', 10) RETURNING id"
+    )
+    low = scalar(
+        conn, "INSERT INTO notifyworker.jobs (task, priority) VALUES ('ledger', -5) RETURNING id"
+    )
+    first = claim(conn, 1)
+    assert [row[0] for row in first] == [urgent]
+    # Within one priority, oldest first; a lower priority after every default one.
+    assert [row[0] for row in claim(conn, 3)] == [1, 2, 3]
+    assert low not in [row[0] for row in claim(conn, 50)]
+
+
+def test_one_keys_backlog_does_not_starve_another_key(worker_row: psycopg.Connection[Any]) -> None:
+    conn = worker_row
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, limit_key)"
+        " SELECT 'ledger', 'A' FROM generate_series(1, 10000)"
+    )
+    b = scalar(
+        conn, "INSERT INTO notifyworker.jobs (task, limit_key) VALUES ('ledger', 'B') RETURNING id"
+    )
+    plain = scalar(conn, "INSERT INTO notifyworker.jobs (task) VALUES ('ledger') RETURNING id")
+    taken = [row[0] for row in claim(conn, 3)]
+    # The next claim, not after A's 10,000.
+    assert b in taken
+    assert plain in taken
+    # Round-robin goes on after the key it took last: A's turn again.
+    assert {row[2] for row in claim(conn, 1)} == {"A"}
+
+
+def test_paused_and_other_queues(worker_row: psycopg.Connection[Any]) -> None:
+    conn = worker_row
+    conn.execute("INSERT INTO notifyworker.queues (name, paused) VALUES ('email', true)")
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, queue) VALUES ('ledger', 'email'), ('ledger', 'sms')"
+    )
+    assert [row[1] for row in claim(conn, 10)] == ["sms"]
+    assert claim(conn, 10) == []
+    conn.execute("UPDATE notifyworker.queues SET paused = false WHERE name = 'email'")
+    assert [row[1] for row in claim(conn, 10, ["email"])] == ["email"]
+
+
+def test_serving_some_queues_takes_only_theirs(worker_row: psycopg.Connection[Any]) -> None:
+    conn = worker_row
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, queue) VALUES ('ledger', 'a'), ('ledger', 'b')"
+    )
+    assert [row[1] for row in claim(conn, 10, ["b", "nowhere"])] == ["b"]
+
+
+def test_a_concurrency_limit_counts_what_the_fleet_holds(
+    worker_row: psycopg.Connection[Any],
+) -> None:
+    conn = worker_row
+    conn.execute("INSERT INTO notifyworker.queues (name, concurrency) VALUES ('default', 3)")
+    conn.execute("INSERT INTO notifyworker.jobs (task) SELECT 'ledger' FROM generate_series(1, 10)")
+    rows = claim(conn, 10)
+    jobs = [row for row in rows if row[0] is not None]
+    assert len(jobs) == 3
+    again = claim(conn, 10)
+    assert [row[0] for row in again] == [None]  # no job: only when to look again
+    assert again[0][4] > 0
+
+
+def test_a_fleet_rate_hands_out_slots_one_interval_apart(
+    worker_row: psycopg.Connection[Any],
+) -> None:
+    conn = worker_row
+    conn.execute("INSERT INTO notifyworker.queues (name, rate) VALUES ('default', 20)")
+    conn.execute("INSERT INTO notifyworker.jobs (task) SELECT 'ledger' FROM generate_series(1, 10)")
+    rows = claim(conn, 10)
+    starts = sorted(row[3] for row in rows if row[0] is not None)
+    # 0.1 s ahead at 20/s: the slots now, 50 ms and 100 ms later, no more.
+    assert len(starts) == 3
+    assert starts[1] - starts[0] == pytest.approx(0.05, abs=0.01)
+    assert starts[2] - starts[1] == pytest.approx(0.05, abs=0.001)
+    # The next claim finds the next slot taken by no one: it waits for it.
+    later = claim(conn, 10)
+    assert [row[0] for row in later] == [None]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "constraint"),
+    [
+        ("queue", "''", "queue_is_a_name"),
+        ("queue", "'two words'", "queue_is_a_name"),
+        ("priority", "2000000", "priority_in_range"),
+        ("limit_key", "repeat('k', 201)", "limit_key_1_to_200_characters"),
+    ],
+)
+def test_bad_job_values_are_refused_by_name(
+    conn: psycopg.Connection[Any], column: str, value: str, constraint: str
+) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation, match=constraint):
+        conn.execute(
+            f"INSERT INTO notifyworker.jobs (task, {column}) VALUES ('ledger', {value})".encode()
+        )
+
+
+@pytest.mark.parametrize(
+    ("setting", "constraint"),
+    [
+        ("rate = -1", "rate_in_bounds"),
+        ("rate = 'NaN'", "rate_in_bounds"),
+        ("key_rate = 'Infinity'", "key_rate_in_bounds"),
+        ("concurrency = 0", "concurrency_in_bounds"),
+        ("key_concurrency = -3", "key_concurrency_in_bounds"),
+    ],
+)
+def test_bad_queue_settings_are_refused_by_name(
+    conn: psycopg.Connection[Any], setting: str, constraint: str
+) -> None:
+    conn.execute("INSERT INTO notifyworker.queues (name) VALUES ('q')")
+    with pytest.raises(psycopg.errors.CheckViolation, match=constraint):
+        conn.execute(f"UPDATE notifyworker.queues SET {setting} WHERE name = 'q'".encode())
+
+
+async def test_a_paused_queue_holds_while_others_run_and_resumes_live(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    conn.execute("INSERT INTO notifyworker.queues (name, paused) VALUES ('email', true)")
+    calls = Calls()
+    async with running_worker(fast_settings(database_url), calls.registry):
+        conn.execute(
+            "INSERT INTO notifyworker.jobs (task, queue, payload) VALUES"
+            " ('record', 'email', '{\"n\": 1}'), ('record', 'other', '{\"n\": 2}')"
+        )
+        await eventually(lambda: calls.started == [2])
+        # The other queue's job ran after it: the paused one was passed over.
+        assert scalar(conn, "SELECT status FROM notifyworker.jobs WHERE queue = 'email'") == "new"
+        # A plain UPDATE from any client reaches the worker at once.
+        conn.execute("UPDATE notifyworker.queues SET paused = false WHERE name = 'email'")
+        await eventually(lambda: calls.started == [2, 1])
+
+
+def _most_at_once(conn: psycopg.Connection[Any], by_key: bool) -> int:
+    """The most jobs (of one key) that ran at once, from their start and end stamps."""
+    group = "o.limit_key = j.limit_key" if by_key else "true"
+    return int(
+        scalar(
+            conn,
+            "SELECT max((SELECT count(*) FROM notifyworker.jobs AS o"
+            f" WHERE {group} AND o.started_at <= j.started_at AND o.finished_at > j.started_at))"
+            " FROM notifyworker.jobs AS j WHERE j.started_at IS NOT NULL",
+        )
+    )
+
+
+async def test_key_and_queue_concurrency_hold_across_three_worker_processes(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    conn.execute("CREATE TABLE ledger (n integer NOT NULL, pid integer NOT NULL)")
+    conn.execute(
+        "INSERT INTO notifyworker.queues (name, concurrency, key_concurrency)"
+        " VALUES ('default', 12, 2)"
+    )
+    workers = [spawn(database_url, "--rate", "0", "--concurrency", "10") for _ in range(3)]
+    try:
+        await eventually(
+            lambda: scalar(conn, "SELECT count(*) FROM notifyworker.workers") == 3, within=30
+        )
+        conn.execute(
+            "INSERT INTO notifyworker.jobs (task, payload, limit_key)"
+            " SELECT 'ledger', jsonb_build_object('n', n, 'seconds', 0.05), 'k' || n % 20"
+            " FROM generate_series(1, 200) AS n"
+        )
+        await eventually(
+            lambda: (
+                scalar(conn, "SELECT count(*) FROM notifyworker.jobs WHERE status = 'done'") == 200
+            ),
+            within=120,
+        )
+    finally:
+        results = [stop(worker) for worker in workers]
+    assert [code for code, _ in results] == [0, 0, 0], [err for _, err in results]
+    assert _most_at_once(conn, by_key=True) == 2  # reached, never passed
+    assert _most_at_once(conn, by_key=False) <= 12
+    assert scalar(conn, "SELECT count(DISTINCT pid) FROM ledger") == 3
+
+
+async def test_a_fleet_rate_is_never_exceeded_by_three_worker_processes(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    conn.execute("CREATE TABLE ledger (n integer NOT NULL, pid integer NOT NULL)")
+    conn.execute("INSERT INTO notifyworker.queues (name, rate) VALUES ('default', 40)")
+    workers = [spawn(database_url, "--rate", "0", "--concurrency", "10") for _ in range(3)]
+    try:
+        await eventually(
+            lambda: scalar(conn, "SELECT count(*) FROM notifyworker.workers") == 3, within=30
+        )
+        conn.execute(
+            "INSERT INTO notifyworker.jobs (task, payload)"
+            " SELECT 'ledger', jsonb_build_object('n', n) FROM generate_series(1, 81) AS n"
+        )
+        await eventually(
+            lambda: (
+                scalar(conn, "SELECT count(*) FROM notifyworker.jobs WHERE status = 'done'") == 81
+            ),
+            within=60,
+        )
+    finally:
+        results = [stop(worker) for worker in workers]
+    assert [code for code, _ in results] == [0, 0, 0], [err for _, err in results]
+    # 81 starts at 40/s span at least 2 s whoever started them; a slow
+    # machine only makes it longer, so this cannot fail for being slow.
+    span = scalar(
+        conn, "SELECT extract(epoch FROM max(started_at) - min(started_at)) FROM notifyworker.jobs"
+    )
+    assert span >= 2.0 * 0.98
+    assert scalar(conn, "SELECT count(DISTINCT pid) FROM ledger") >= 2
