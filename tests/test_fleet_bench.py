@@ -6,7 +6,15 @@ import math
 
 import pytest
 
-from benchmarks.fleet import max_overlap, middle_rate, per_key_rates, quantile, recovery
+from benchmarks.fleet import (
+    fullest_window,
+    max_overlap,
+    middle_rate,
+    over_bound_pct,
+    per_key_rates,
+    quantile,
+    recovery,
+)
 from benchmarks.run import max_in_window
 
 
@@ -82,3 +90,12 @@ def test_nothing_to_say_when_the_run_ended_before_the_kill() -> None:
     back, lowest = recovery(spaced(50, 100), since=10.0, rate=50)
     assert back is None
     assert math.isnan(lowest)
+
+
+def test_fullest_window_and_the_share_over_the_bound() -> None:
+    times = [*spaced(50, 100), 2.001, 2.002, 2.003]  # a burst of 3 after the last start
+    count, at = fullest_window(times, 0.1)
+    assert count == max_in_window(times, 0.1) == 7
+    assert at == pytest.approx(1.92)
+    assert over_bound_pct(spaced(50, 100), 0.1, 6) == 0.0
+    assert over_bound_pct(times, 0.1, 6) == pytest.approx(100 / 103)
