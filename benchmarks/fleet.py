@@ -438,10 +438,11 @@ class FleetBench:
 
     def kill(self) -> dict[str, dict[str, list[float]]]:
         """Three processes, one SIGKILLed a third of the way in. The jobs it held come
-        back with the sweeper (`lost_claims` > 0) after dead_worker_after and run at
-        the end: they are the rescue, reported apart; the rate after the kill and its
-        recovery are the others' (the stream the survivors keep up). A job whose start
-        the killed worker had not yet written shows where it ran again."""
+        back with the sweeper (`lost_claims` > 0) after dead_worker_after: the rescue,
+        reported apart. Where it comes after the others have all started (2,000/s), it
+        is left out of the rate after the kill and of its recovery; where it lands among
+        them (50/s), its jobs take fleet slots like any other. A job whose start the
+        killed worker had not yet written shows where it ran again."""
         results: dict[str, dict[str, list[float]]] = {}
         opts = worker_opts(heartbeat_interval=HEARTBEAT, dead_worker_after=DEAD_AFTER)
         for rep in range(self.sizes.reps):
@@ -681,10 +682,12 @@ def _report_kill(results: dict[str, Any], add: Callable[[str], None]) -> None:
         f"One of three processes SIGKILLed a third of the way in (heartbeat "
         f"{HEARTBEAT:g} s, dead_worker_after {DEAD_AFTER:g} s). The jobs it held (claimed "
         "ahead, or started but not yet written) come back with the sweeper and run again: "
-        "'rescued', with the time from the kill to the first of them. The rate after the "
-        "kill and 'back within 5%' are the other jobs': starts after the kill over the time "
-        "to the last of them; when the rolling 1-second rate last re-entered ±5% of the "
-        "target, from the kill (0: it never left)."
+        "'rescued', with the time from the kill to the first of them. The run ends at the "
+        "last start of a job the killed worker never held (a rescue that comes later is "
+        "left out); the rate after the kill is the starts from the kill to that end over "
+        "that time; 'back within 5%' is when the rolling 1-second rate last re-entered ±5% "
+        "of the target, from the kill (0: it never left); the fullest 100 ms window is "
+        "over the whole run, placed from the kill."
     )
     add("")
     add(
