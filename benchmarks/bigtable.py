@@ -34,13 +34,12 @@ def claim_latencies(dsn: str, done: int, waiting: int, claims: int) -> list[floa
 
     async def measure() -> list[float]:
         claim = DirectStatement(dsn, "claim", setup=("session_async_commit",))
-        # Every queue (serve NULL), slots of a fleet rate 0.1 s ahead, as the claimer asks.
-        args = {"serve": None, "max_payload_bytes": 1_048_576, "pace_ahead": 0.1}
-        await claim.run(worker_id="bench", limit=1, **args)  # connect and prepare
+        common = {"worker_id": "bench", "serve": None, "max_payload_bytes": 1_048_576}
+        await claim.run(limit=1, pace_ahead=0.1, **common)  # connect and prepare
         timings = []
         for _ in range(claims):
             began = time.perf_counter()
-            rows = await claim.run(worker_id="bench", limit=100, **args)
+            rows = await claim.run(limit=100, pace_ahead=0.1, **common)
             timings.append((time.perf_counter() - began) * 1000)
             assert len(rows) == 100
         claim.close()

@@ -286,7 +286,13 @@ async def test_payloads_over_the_limit_fail_without_being_fetched(
     with conn.transaction():
         rows = conn.execute(
             query("claim").encode(),
-            {"worker_id": "peek", "limit": 10, "max_payload_bytes": 100_000},
+            {
+                "worker_id": "peek",
+                "serve": None,
+                "limit": 10,
+                "max_payload_bytes": 100_000,
+                "pace_ahead": 0.1,
+            },
         ).fetchall()
         assert len(rows) == 4
         assert all(row[2] is None and row[3] > 100_000 for row in rows)  # payload, stored_bytes

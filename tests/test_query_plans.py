@@ -18,6 +18,29 @@ def plan_text(conn: psycopg.Connection[Any], name: str, **params: Any) -> str:
     return json.dumps(row[0])
 
 
+CLAIM = {
+    "worker_id": "w",
+    "serve": None,
+    "limit": 100,
+    "max_payload_bytes": 1_048_576,
+    "pace_ahead": 0.1,
+}
+
+
+def nested_plans(conn: psycopg.Connection[Any], name: str, **params: Any) -> str:
+    """The plans of every statement a named one runs inside functions (auto_explain)."""
+    plans: list[str] = []
+    conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+    conn.execute("LOAD 'auto_explain'")
+    for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice"):
+        conn.execute(f"SET auto_explain.{setting}".encode())
+    with conn.transaction(force_rollback=True):
+        conn.execute(query(name).encode(), params).fetchall()
+    conn.execute("SET auto_explain.log_min_duration = -1")
+    assert plans, "auto_explain showed no plan"
+    return "\n".join(plans)
+
+
 def fill(conn: psycopg.Connection[Any]) -> None:
     conn.execute(
         "INSERT INTO notifyworker.jobs (task, status, worker_id, started_at, finished_at)"
@@ -33,12 +56,28 @@ def fill(conn: psycopg.Connection[Any]) -> None:
 
 def test_claim_and_sweep_use_the_partial_indexes(conn: psycopg.Connection[Any]) -> None:
     fill(conn)
-    claim = plan_text(conn, "claim", worker_id="w", limit=100, max_payload_bytes=1_048_576)
+    conn.execute("INSERT INTO notifyworker.workers (id, host, pid) VALUES ('w', 'h', 0)")
+    claim = nested_plans(conn, "claim", **CLAIM)
     assert "jobs_waiting" in claim
     assert "Seq Scan" not in claim
+    # Keys to be fair between, and fleet limits: the same index, and the key's.
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, limit_key)"
+        " SELECT 'sleep', 'k' || n % 7 FROM generate_series(1, 50) AS n"
+    )
+    conn.execute(
+        "INSERT INTO notifyworker.queues (name, rate, concurrency, key_rate, key_concurrency)"
+        " VALUES ('default', 100, 50, 10, 5)"
+    )
+    conn.execute("ANALYZE notifyworker.jobs")
+    fair = nested_plans(conn, "claim", **CLAIM)
+    assert "jobs_waiting_by_key" in fair
+    assert "jobs_held_by_queue" in fair
+    assert "Seq Scan on jobs" not in fair
     backoff = {"retry_backoff": 1.0, "retry_backoff_max": 60.0}
     overdue = plan_text(conn, "sweep_overdue", limit=500, **backoff)
-    assert "jobs_on_worker" in overdue
+    # Either partial index of the held jobs (they hold the same rows).
+    assert "jobs_on_worker" in overdue or "jobs_held_by_queue" in overdue
     assert "Seq Scan" not in overdue
     params: dict[str, dict[str, Any]] = {
         "rescue_dead_worker": {"lost_claims_limit": 5, **backoff},
@@ -61,7 +100,7 @@ def test_the_status_gauge_never_scans_the_table(conn: psycopg.Connection[Any]) -
     fill(conn)
     plan = plan_text(conn, "job_counts", cap=100_000)
     assert "jobs_waiting" in plan
-    assert "jobs_on_worker" in plan
+    assert "jobs_on_worker" in plan or "jobs_held_by_queue" in plan
     assert "Seq Scan on jobs" not in plan
 
 
@@ -108,7 +147,11 @@ def test_the_filtered_job_list_never_sorts_the_table(conn: psycopg.Connection[An
         "jobs_pkey": [{}, {"queue": "default"}],
     }
     # Retention's jobs_finished (status, finished_at) serves a finished status too.
-    either = {"jobs_failed_or_cancelled": ("jobs_failed_or_cancelled", "jobs_finished")}
+    # jobs_held_by_queue has the same rows as jobs_on_worker.
+    either = {
+        "jobs_failed_or_cancelled": ("jobs_failed_or_cancelled", "jobs_finished"),
+        "jobs_on_worker": ("jobs_on_worker", "jobs_held_by_queue"),
+    }
     for index, cases in indexed.items():
         for filters in cases:
             shown = plan(**filters)

@@ -24,6 +24,8 @@ SAMPLES: dict[str, Any] = {
     "limit": 10,
     "cap": 1000,
     "max_payload_bytes": 1_048_576,
+    "serve": None,
+    "pace_ahead": 0.1,
     "dead_after": "15 seconds",
     "retry_backoff": 0.1,
     "retry_backoff_max": 1.0,

@@ -153,8 +153,15 @@ def test_trigger_notifies_once_per_statement(
             "INSERT INTO notifyworker.jobs (task) SELECT 'sleep' FROM generate_series(1, 1000)"
         )
         conn.execute("INSERT INTO notifyworker.jobs (task) VALUES ('sleep')")
+        with conn.transaction():  # one transaction, two statements: one notification
+            conn.execute("INSERT INTO notifyworker.jobs (task) VALUES ('sleep')")
+            conn.execute("INSERT INTO notifyworker.jobs (task) VALUES ('sleep')")
         got = list(listener.notifies(timeout=1.0))
-    assert [(n.channel, n.payload) for n in got] == [("notifyworker_jobs", "inserted")] * 2
+    assert [n.channel for n in got] == ["notifyworker_jobs"] * 3
+    # Each names its transaction: the wake-up token the fleet agrees on.
+    tokens = [n.payload.removeprefix("inserted:") for n in got]
+    assert all(token.isdigit() for token in tokens)
+    assert len(set(tokens)) == 3
 
 
 def test_every_named_query_exists_and_is_used() -> None:

@@ -97,8 +97,11 @@ INSERT INTO notifyworker.queues (name, rate)
 SELECT 'default', value FROM notifyworker.settings WHERE name = 'rate';
 DELETE FROM notifyworker.settings WHERE name = 'rate';
 
--- Stamps a queue's updated_at when its settings change, from any client;
--- the claim's own next_start_at is not a change.
+-- Stamps a queue's updated_at when its settings change, from any client
+-- (the claim's own next_start_at is not a change), and re-plans the start
+-- slots at a new rate as the worker's own limiter does: the next slot is the
+-- last one handed out plus the new interval, so a rate raised after a very
+-- low one applies at once, and no change ever makes a burst.
 CREATE FUNCTION notifyworker.queue_changed_v1() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -108,6 +111,22 @@ BEGIN
         IS DISTINCT FROM
        (OLD.rate, OLD.concurrency, OLD.key_rate, OLD.key_concurrency, OLD.paused) THEN
         NEW.updated_at := clock_timestamp();
+    END IF;
+    IF NEW.rate IS DISTINCT FROM OLD.rate THEN
+        NEW.next_start_at := CASE
+            WHEN OLD.rate > 0 AND NEW.rate > 0
+            THEN OLD.next_start_at - make_interval(secs => 1 / OLD.rate)
+                 + make_interval(secs => 1 / NEW.rate)
+        END;
+    END IF;
+    IF NEW.key_rate IS DISTINCT FROM OLD.key_rate OR NEW.name <> OLD.name THEN
+        UPDATE notifyworker.queue_keys AS k
+        SET next_start_at = k.next_start_at - make_interval(secs => 1 / OLD.key_rate)
+                            + make_interval(secs => 1 / NEW.key_rate)
+        WHERE k.queue = OLD.name AND OLD.key_rate IS NOT NULL AND NEW.key_rate IS NOT NULL;
+        DELETE FROM notifyworker.queue_keys AS k
+        WHERE k.queue = OLD.name AND (OLD.key_rate IS NULL OR NEW.key_rate IS NULL
+                                      OR NEW.name <> OLD.name);
     END IF;
     RETURN NEW;
 END;
@@ -220,7 +239,10 @@ BEGIN
             )
             SELECT w.queue FROM waiting AS w WHERE serve IS NULL AND w.queue IS NOT NULL)
         ) AS u (name)
-        ORDER BY random()  -- a claim short of room spreads over the queues
+        -- A claim short of room spreads over the queues; a hundred at most,
+        -- so that thousands of queues cannot make one claim slow.
+        ORDER BY random()
+        LIMIT 100
     LOOP
         EXIT WHEN left_over <= 0;
         SELECT c.rate, c.concurrency, c.key_rate, c.key_concurrency, c.paused, c.next_start_at
@@ -264,9 +286,15 @@ BEGIN
             -- Limits for the whole fleet: this queue's claims take turns.
             SELECT c.rate, c.concurrency, c.key_rate, c.key_concurrency, c.paused,
                    c.next_start_at
-            INTO cfg FROM notifyworker.queues AS c WHERE c.name = q FOR UPDATE;
-            IF NOT FOUND OR cfg.paused THEN
-                CONTINUE;  -- deleted or paused while this claim waited for the lock
+            INTO cfg FROM notifyworker.queues AS c WHERE c.name = q FOR UPDATE SKIP LOCKED;
+            IF NOT FOUND THEN
+                -- Another worker's claim of this queue has the row (or a
+                -- client's open transaction): never wait for it, look again soon.
+                again := least(again, 0.01);
+                CONTINUE;
+            END IF;
+            IF cfg.paused THEN
+                CONTINUE;
             END IF;
             limited := cfg.rate > 0 OR cfg.concurrency IS NOT NULL
                        OR cfg.key_rate IS NOT NULL OR cfg.key_concurrency IS NOT NULL;
