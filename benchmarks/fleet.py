@@ -127,12 +127,16 @@ SELECT extract(epoch FROM started_at)::float8 FROM notifyworker.jobs
 WHERE started_at IS NOT NULL ORDER BY started_at
 """
 PICKED_UP = "SELECT 1 FROM notifyworker.jobs WHERE id = %s AND started_at IS NOT NULL"
-# B's pickup, and A's jobs that had not started when B's did (exact, from the table).
+# B's pickup; A's jobs that had not started when B's did (exact, from the table);
+# and how fast A's backlog was being worked until then (starts per second).
 FAIR = """
 SELECT extract(epoch FROM b.started_at - b.created_at)::float8 * 1000,
-       (SELECT count(*) FROM notifyworker.jobs AS a
-        WHERE a.limit_key LIKE 'A%%' AND (a.started_at IS NULL OR a.started_at > b.started_at))
-FROM notifyworker.jobs AS b WHERE b.id = %s
+       count(*) FILTER (WHERE a.started_at IS NULL OR a.started_at > b.started_at),
+       count(*) FILTER (WHERE a.started_at <= b.started_at)
+           / extract(epoch FROM b.started_at - min(a.created_at))::float8
+FROM notifyworker.jobs AS b, notifyworker.jobs AS a
+WHERE b.id = %s AND a.limit_key LIKE 'A%%'
+GROUP BY b.started_at, b.created_at
 """
 # Each start, and whether the job is back from a dead worker (the sweeper's rescue).
 STARTS_RESCUED = """
@@ -580,10 +584,14 @@ class FleetBench:
                 with self.connect() as conn:
                     row = conn.execute(FAIR, inserted).fetchone()
                 assert row is not None
-                pickup, waiting = float(row[0]), int(row[1])
+                pickup, waiting, a_rate = float(row[0]), int(row[1]), float(row[2])
                 results.setdefault(label, {}).setdefault("pickup_ms", []).append(pickup)
                 results[label].setdefault("a_waiting", []).append(waiting)
-                log(f"fleet fair {label}: B's pickup {pickup:.1f} ms, {waiting:,} of A waiting")
+                results[label].setdefault("a_per_s", []).append(a_rate)
+                log(
+                    f"fleet fair {label}: B's pickup {pickup:.1f} ms, {waiting:,} of A waiting, "
+                    f"A's backlog worked at {a_rate:,.0f} starts/s until then"
+                )
         return results
 
     # 5. Drain ---------------------------------------------------------------------------
@@ -735,12 +743,21 @@ def _report_keys(results: dict[str, Any], add: Callable[[str], None]) -> None:
 
 def _report_fair(results: dict[str, Any], add: Callable[[str], None]) -> None:
     add("")
-    add("Fair share: one job of key B inserted 0.5 s after key A's backlog.")
+    add(
+        "Fair share: one job of key B inserted 0.5 s after key A's backlog. (With no key "
+        "limits, 3 processes × 50 slots of 50 ms jobs could start A's jobs at 3,000/s.)"
+    )
     add("")
-    add("| case | B's pickup (started_at − created_at) | A's jobs not started when B's did |")
-    add("|---|---|---|")
+    add(
+        "| case | B's pickup (started_at − created_at) | A's jobs not started when B's did "
+        "| A's starts/s until then |"
+    )
+    add("|---|---|---|---|")
     for label, row in results["fair"].items():
-        add(f"| {label} | {med(row['pickup_ms'], '{:.1f}')} ms | {med(row['a_waiting'])} |")
+        add(
+            f"| {label} | {med(row['pickup_ms'], '{:.1f}')} ms | {med(row['a_waiting'])} "
+            f"| {med(row['a_per_s'])} |"
+        )
 
 
 def _report_drain(results: dict[str, Any], add: Callable[[str], None]) -> None:
