@@ -154,7 +154,13 @@ def produce(dsn: str, soak: Soak, began: float, stop: threading.Event, phase: Ph
 def probe_claims(dsn: str, began: float, stop: threading.Event, phase: Phase) -> None:
     """The claim statement every 200 ms, rolled back: its latency on the table as it is."""
     claim = query("claim").encode()
-    params = {"worker_id": PROBE, "limit": 10, "max_payload_bytes": 1_048_576}
+    params = {
+        "worker_id": PROBE,
+        "serve": None,
+        "limit": 10,
+        "max_payload_bytes": 1_048_576,
+        "pace_ahead": 0.1,
+    }
     with psycopg.connect(dsn) as conn:
         last_beat = 0.0
         while not stop.is_set():

@@ -2,6 +2,7 @@
 
     python -m benchmarks.run [--quick] [--output FILE]
     python -m benchmarks.run --soak [churn options]   (benchmarks/churn.py instead)
+    python -m benchmarks.fleet [--quick] [--only ...]  (the fleet section alone)
 
 Every system runs in its own processes against its own database on the same
 PostgreSQL (DATABASE_URL's server, else 127.0.0.1:5432, else an embedded one).
@@ -385,6 +386,12 @@ class Bench:
         log(f"schedules: {result}")
         return result
 
+    def measure_fleet(self) -> dict[str, Any]:
+        """Limits for the whole fleet, N worker processes (issue 11: benchmarks/fleet.py)."""
+        from benchmarks.fleet import measure
+
+        return measure(self, quick=self.sizes is QUICK)
+
     def measure_rss(self) -> dict[int, list[float]]:
         results: dict[int, list[float]] = {}
         for _ in range(self.sizes.reps):
@@ -572,6 +579,10 @@ def report(bench: Bench, quick: bool, parts: dict[str, Any], seconds: float) -> 
     add("| jobs | ticks fired | ticks with more than one job | ticks missed |")
     add("|---|---|---|---|")
     add(f"| {ticks['jobs']} | {ticks['ticks']} | {ticks['doubles']} | {ticks['missed']} |")
+    add("")
+    from benchmarks.fleet import report as fleet_report
+
+    add(fleet_report(parts["fleet"], number=8).rstrip())
     return "\n".join(lines) + "\n"
 
 
@@ -623,6 +634,7 @@ def run_all(server: str, quick: bool, output: Path | None) -> None:
         ("big", bench.measure_big_table),
         ("rss", bench.measure_rss),
         ("schedules", bench.measure_schedules),
+        ("fleet", bench.measure_fleet),
     ]
     parts = {name: step() for name, step in steps}
     text = report(bench, quick, parts, time.time() - began)

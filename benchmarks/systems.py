@@ -30,6 +30,11 @@ class Seq(BaseModel):
     seq: int
 
 
+class Nap(BaseModel):
+    seq: int
+    ms: float = 50.0
+
+
 def _record(seq: int) -> None:
     STARTS.append((seq, time.time()))
 
@@ -61,13 +66,20 @@ def nw_worker(dsn: str, out: str, opts: dict[str, Any]) -> None:
     async def bench(payload: Seq) -> None:
         _record(payload.seq)
 
+    async def bench_sleep(payload: Nap) -> None:
+        _record(payload.seq)
+        await anyio.sleep(payload.ms / 1000)
+
     registry.add("bench", bench)
+    registry.add("bench_sleep", bench_sleep)  # a job that holds its place (the fleet section)
     configure("WARNING")
     settings = Settings(
         database_url=dsn,
         rate=opts.get("rate", 0),
         concurrency=opts.get("concurrency", 10),
         health_port=0,  # any free port: several workers may run at once (schedules)
+        # Any other setting, by name: the fleet section's short dead_worker_after.
+        **opts.get("settings", {}),
     )
 
     async def main() -> None:

@@ -1,4 +1,4 @@
-"""The operator's units of work: enqueue, cancel, retry, the fleet's rate, reports, schedules.
+"""The operator's units of work: enqueue, cancel, retry, queues and rates, reports, schedules.
 
 What the CLI (and `up`'s demo and view) send, as sql/queries/admin.sql says
 (enqueue: the producer API's, sql/queries/producer.sql);
@@ -14,7 +14,7 @@ from typing import Any
 from notifyworker import db
 from notifyworker.cron import ScheduleRow, schedule_rows
 from notifyworker.db import Session
-from notifyworker.models import FoundJobs, JobId, JobRow, JobStory, Summary
+from notifyworker.models import FoundJobs, JobId, JobRow, JobStory, QueueRow, Summary
 
 # How many of the latest jobs `find_jobs` looks at when no index bounds its filters.
 SEARCH_WINDOW = 100_000
@@ -44,6 +44,9 @@ def enqueue(
     timeout: float | None = None,
     max_attempts: int = 1,
     unique_key: str | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    limit_key: str | None = None,
 ) -> JobId:
     """What `notifyworker enqueue` and the demo producer run: the producer API's enqueue."""
     return db.enqueue(
@@ -54,6 +57,9 @@ def enqueue(
         timeout=timeout,
         max_attempts=max_attempts,
         unique_key=unique_key,
+        queue=queue,
+        priority=priority,
+        limit_key=limit_key,
     )
 
 
@@ -73,11 +79,11 @@ def find_jobs(
     """The newest jobs that match every filter given (None: any), newest first.
 
     A filter an index serves (object_id, any status but `done`) finds matches of any
-    age. Without one, a task or `done` filter walks back from the newest job over
+    age. Without one, a task, queue or `done` filter walks back from the newest job over
     the latest SEARCH_WINDOW jobs at most, and says so, rather than read the table.
     """
     from_id, window = 0, None
-    narrows = task is not None or status is not None
+    narrows = task is not None or status is not None or queue is not None
     if narrows and object_id is None and status not in INDEXED_STATUSES:
         row = s.one("window_start", window=SEARCH_WINDOW)
         assert row is not None
@@ -106,8 +112,24 @@ def summary_since(s: Session, after_id: JobId) -> Summary:
     return Summary(**row)
 
 
+# === Queues (`queue`, `queues`, `rate`) ===
+
+# `queues` counts a queue's waiting jobs up to this many ("10,000+" beyond).
+WAITING_CAP = 10_000
+
+
+def set_queue(s: Session, name: str, changes: dict[str, float | int | bool | None]) -> None:
+    """Create or change a queue's row: the settings in `changes` (None clears a limit)."""
+    s.execute("set_queue", name=name, changes=db.json_param(changes))
+
+
+def list_queues(s: Session, name: str | None = None) -> list[QueueRow]:
+    """Every queue with a row, waiting jobs or held jobs (or only `name`, row or not)."""
+    return [QueueRow(**row) for row in s.rows("list_queues", name=name, cap=WAITING_CAP)]
+
+
 def set_rate(s: Session, rate: float | None) -> None:
-    """Set the rate every worker uses, or (None) go back to each worker's own."""
+    """Set the default queue's fleet rate, or (None) go back to each worker's own."""
     if rate is None:
         s.execute("reset_rate")
     else:
@@ -115,8 +137,9 @@ def set_rate(s: Session, rate: float | None) -> None:
 
 
 def get_rate(s: Session) -> float | None:
+    """The default queue's fleet rate; None: each worker's own."""
     row = s.one("get_rate")
-    return None if row is None else float(row["value"])
+    return None if row is None or row["value"] is None else float(row["value"])
 
 
 # === Schedules (`schedules`) ===

@@ -133,8 +133,9 @@ class Claimer:
             finally:
                 self._claim.close()
 
-    async def _run_claim(self) -> tuple[int, int, list[Row]]:
+    async def _run_claim(self) -> tuple[int, int, float, list[Row]]:
         asked, generation = self._demand.free, self._demand.generation
+        sent_at = anyio.current_time()  # where the claim's start_in count from
         rows = await self._claim.run(
             worker_id=self._worker_id,
             serve=self._serve,
@@ -142,15 +143,14 @@ class Claimer:
             max_payload_bytes=self._max_payload_bytes,
             pace_ahead=PACE_AHEAD,
         )
-        return asked, generation, rows
+        return asked, generation, sent_at, rows
 
-    def _claim_once(self, send: Sender[Held], claim: tuple[int, int, list[Row]]) -> None:
-        asked, generation, rows = claim
+    def _claim_once(self, send: Sender[Held], claim: tuple[int, int, float, list[Row]]) -> None:
+        asked, generation, sent_at, rows = claim
         jobs, again = claimed_jobs(rows)
         self._demand.claimed(asked, len(jobs), generation)
         if again is not None:
-            self._demand.due_in(again)  # a limit held jobs back: look again then
-        received_at = anyio.current_time()
+            self._demand.held_back(again)  # a limit held jobs back: look again then
         for job in jobs:
             # A fleet slot is the database's; the worker's own limiter paces
             # the rest, its tickets drawn here, in claim order, so the oldest
@@ -159,7 +159,7 @@ class Claimer:
             if job.start_in is None:
                 held = self._inflight.claimed(job, self._limiter.ticket())
             else:
-                held = self._inflight.claimed(job, NO_TICKET, received_at + job.start_in)
+                held = self._inflight.claimed(job, NO_TICKET, sent_at + job.start_in)
             send.send_nowait(held)
 
     async def _release_lost_claims(self) -> bool:

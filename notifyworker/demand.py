@@ -32,6 +32,8 @@ class Demand:
         self._wake = anyio.Event()
         # When the retries this worker scheduled fall due (the event loop's clock), soonest first.
         self._due: list[float] = []
+        # The last claim said a limit held jobs back (a queue's concurrency, a key's).
+        self._held_back = False
 
     def work_arrived(self, *, wake: bool = True) -> None:
         """A notification, a reconnect or a poll: the table may hold new jobs."""
@@ -66,9 +68,21 @@ class Demand:
         return self._inflight.free
 
     def released(self) -> None:
-        """A consumer gave up a slot: claim again if a backlog may exist."""
-        if self.more_waiting:
+        """A consumer gave up a slot: claim again if a backlog may exist.
+
+        Also when the last claim said a limit held jobs back: this slot may
+        be the limit's place that was missing.
+        """
+        if self._held_back:
+            self._held_back = False
+            self.work_arrived()
+        elif self.more_waiting:
             self._wake.set()
+
+    def held_back(self, seconds: float) -> None:
+        """The claim's limits held jobs back: claim in `seconds`, or when a slot frees."""
+        self._held_back = True
+        self.due_in(seconds)
 
     def claimed(self, asked: int, got: int, generation: int) -> None:
         """Book a claim; a short claim means empty, unless work arrived meanwhile."""

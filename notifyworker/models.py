@@ -36,6 +36,80 @@ def rate_problem(rate: float) -> str | None:
     )
 
 
+# A queue's and a job's limits (sql/migrations/0014_queues.sql): the same
+# bounds as the CHECKs of notifyworker.jobs and notifyworker.queues, so the
+# producer and the CLI refuse a value with a clear message before sending it.
+DEFAULT_QUEUE = "default"
+MAX_QUEUE_NAME = 100
+MAX_LIMIT_KEY = 200
+MIN_PRIORITY, MAX_PRIORITY = -1_000_000, 1_000_000
+MIN_CONCURRENCY, MAX_CONCURRENCY = 1, 100_000
+# The whitespace the CHECKs name (PostgreSQL's translate() set), and NUL, which
+# no text column can hold.
+_NOT_IN_A_NAME = re.compile("[ \t\r\n\x0b\f\x00]")
+
+
+def queue_problem(name: object) -> str | None:
+    """Why `name` is not a queue's name (queue_is_a_name, name_is_a_name), or None."""
+    if not isinstance(name, str):
+        return f"a queue's name must be a string, not {type(name).__name__}"
+    if not 1 <= len(name) <= MAX_QUEUE_NAME or _NOT_IN_A_NAME.search(name):
+        return (
+            f"a queue's name must be 1 to {MAX_QUEUE_NAME} characters without whitespace,"
+            f" not {name[:120]!r}"
+        )
+    return None
+
+
+def priority_problem(priority: object) -> str | None:
+    """Why `priority` is not a job's priority (priority_in_range), or None."""
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        return f"priority must be a whole number, not {type(priority).__name__}"
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        return f"priority must be between {MIN_PRIORITY:,} and {MAX_PRIORITY:,}, not {priority:,}"
+    return None
+
+
+def limit_key_problem(key: object) -> str | None:
+    """Why `key` is not a job's limit_key (limit_key_1_to_200_characters), or None."""
+    if not isinstance(key, str):
+        return f"limit_key must be a string, not {type(key).__name__}"
+    if not 1 <= len(key) <= MAX_LIMIT_KEY or "\x00" in key:
+        return f"limit_key must be 1 to {MAX_LIMIT_KEY} characters (no NUL), not {key[:220]!r}"
+    return None
+
+
+def key_rate_problem(rate: float) -> str | None:
+    """Why `rate` is not a queue's key_rate (key_rate_in_bounds: no 0), or None."""
+    if MIN_RATE <= rate <= MAX_RATE:  # NaN fails every comparison
+        return None
+    return f"key rate must be between {MIN_RATE:g} and {MAX_RATE:g} starts per second, not {rate:g}"
+
+
+def concurrency_problem(value: int) -> str | None:
+    """Why `value` is not a queue's (key_)concurrency (concurrency_in_bounds), or None."""
+    if MIN_CONCURRENCY <= value <= MAX_CONCURRENCY:
+        return None
+    return f"must be between {MIN_CONCURRENCY} and {MAX_CONCURRENCY:,} jobs, not {value:,}"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """One line of `notifyworker queues`: a queue's settings and what it holds now."""
+
+    name: str
+    configured: bool  # it has a row in notifyworker.queues
+    rate: float | None  # None: each worker's own rate; 0: unpaced
+    concurrency: int | None
+    key_rate: float | None
+    key_concurrency: int | None
+    paused: bool
+    waiting: int  # status `new`, counted up to the cap (more: waiting > cap)
+    held: int  # queued or running
+    pickup_p50_ms: float | None  # jobs finished in the last minutes; None: none
+    updated_at: datetime | None
+
+
 JobStatus = Literal["new", "queued", "running", "done", "failed", "cancelled"]
 FinalStatus = Literal["done", "failed", "cancelled"]
 FINAL_STATUSES: tuple[FinalStatus, ...] = ("done", "failed", "cancelled")
@@ -194,6 +268,9 @@ class JobStory(JobRow):
     attempts_before_retry: int  # its starts by then
     error_before_retry: str | None  # its error then
     result: Any  # any JSON value the handler returned; None: no result (or JSON null)
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    limit_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

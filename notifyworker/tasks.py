@@ -52,7 +52,16 @@ R = TypeVar("R")
 Handler = Callable[[M], Awaitable[R]]
 
 # What defer() and job() take besides the payload: the row's own columns.
-OPTIONS = ("object_id", "timeout", "max_attempts", "run_at", "unique_key")
+OPTIONS = (
+    "object_id",
+    "timeout",
+    "max_attempts",
+    "run_at",
+    "unique_key",
+    "queue",
+    "priority",
+    "limit_key",
+)
 
 
 @dataclass(frozen=True)
@@ -81,9 +90,10 @@ class Task(Generic[M, R]):
 
         The payload is a model instance, a mapping, or keyword fields; the
         keywords in OPTIONS are the job's (object_id, timeout, max_attempts,
-        run_at, unique_key). It is stored as the model writes it, and refused
-        unless the worker's `parse` reads it back: a bad payload fails at the
-        call site, naming the field, not as a failed job later.
+        run_at, unique_key, queue, priority, limit_key). It is stored as the
+        model writes it, and refused unless the worker's `parse` reads it back:
+        a bad payload fails at the call site, naming the field, not as a
+        failed job later.
         """
         options = {k: options_and_fields.pop(k) for k in OPTIONS if k in options_and_fields}
         text = self._payload_json(payload, options_and_fields, options)

@@ -236,12 +236,32 @@ def _ids(output: str) -> list[int]:
     ]
 
 
-def test_rate_command_sets_shows_and_resets(database_url: str) -> None:
+OWN_RATE = "each worker's own rate (queue default)"
+FLEET_RATE_20 = "20 jobs/s for the whole fleet (queue default)"
+DEFAULT_QUEUE_ROW = "SELECT rate, paused FROM notifyworker.queues WHERE name = 'default'"
+
+
+def test_rate_command_sets_shows_and_resets_the_default_queues_fleet_rate(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
     env = {"DATABASE_URL": database_url}
-    assert cli("rate", env=env).stdout.strip() == "each worker's own rate"
-    assert cli("rate", "20", env=env).stdout.strip() == "20 jobs/s per worker"
-    assert cli("rate", env=env).stdout.strip() == "20 jobs/s per worker"
-    assert cli("rate", "--reset", env=env).stdout.strip() == "each worker's own rate"
+    assert cli("rate", env=env).stdout.strip() == OWN_RATE
+    assert conn.execute(DEFAULT_QUEUE_ROW).fetchone() is None
+    assert cli("rate", "20", env=env).stdout.strip() == FLEET_RATE_20
+    assert cli("rate", env=env).stdout.strip() == FLEET_RATE_20
+    assert conn.execute(DEFAULT_QUEUE_ROW).fetchone() == (20, False)
+    assert scalar(conn, "SELECT count(*) FROM notifyworker.settings WHERE name = 'rate'") == 0
+    unlimited = cli("rate", "0", env=env).stdout.strip()
+    assert unlimited == "unlimited for the whole fleet (queue default)"
+    # The rate is one setting of the queue's row: a pause stays through it.
+    assert cli("queue", "default", "--pause", env=env).returncode == 0
+    assert cli("rate", "--reset", env=env).stdout.strip() == OWN_RATE
+    assert conn.execute(DEFAULT_QUEUE_ROW).fetchone() == (None, True)
+    assert cli("rate", "7", env=env).returncode == 0
+    assert conn.execute(DEFAULT_QUEUE_ROW).fetchone() == (7, True)
+    # The same row as `queue default`'s.
+    assert cli("queue", "default", "--rate", "none", env=env).returncode == 0
+    assert cli("rate", env=env).stdout.strip() == OWN_RATE
     refused = cli("rate", "-3", env=env)
     assert refused.returncode == 2
     assert "rate must be" in one_line_error(refused)
@@ -256,7 +276,7 @@ def test_rate_command_refuses_what_the_rule_refuses_in_one_line(
     refused = cli("rate", value, env=env)
     assert refused.returncode == 2
     assert "rate must be 0 (unlimited) or between 0.001 and 100000" in one_line_error(refused)
-    assert cli("rate", env=env).stdout.strip() == "20 jobs/s per worker"  # left as it was
+    assert cli("rate", env=env).stdout.strip() == FLEET_RATE_20  # left as it was
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "1e-320", "-1", "100001"])
@@ -372,6 +392,8 @@ def test_help_says_the_url_flag_shows_in_ps_and_offers_a_file() -> None:
         "jobs",
         "job",
         "rate",
+        "queue",
+        "queues",
         "cancel",
         "retry",
     )
@@ -431,3 +453,173 @@ def test_a_password_on_the_command_line_is_warned_about_not_shown() -> None:
     assert "s3cret" not in result.stderr
     no_password = cli("check", "--database-url", "postgresql://app@127.0.0.1:1/db")
     assert "--database-url" not in no_password.stderr
+
+
+# === Queues (`queue`, `queues`, `jobs --queue`, `enqueue --queue`) ===
+
+QUEUE_ROW = (
+    "SELECT rate, concurrency, key_rate, key_concurrency, paused FROM notifyworker.queues"
+    " WHERE name = %s"
+)
+
+
+def queue_lines(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, str]]:
+    """`queues` (plain): each queue's fields by name; a field's value may hold spaces."""
+    assert result.returncode == 0, result.stderr
+    found = {}
+    for line in result.stdout.strip().splitlines():
+        fields = dict(re.findall(r"(\w+)=(.*?)(?= \w+=|$)", line))
+        found[fields["queue"]] = fields
+    return found
+
+
+def test_queue_command_sets_shows_pauses_resumes_and_clears(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    env = {"DATABASE_URL": database_url}
+    # A queue without a row: shown with each worker's own settings, nothing written.
+    shown = queue_lines(cli("queue", "email", env=env))["email"]
+    assert shown["rate"] == "worker's own"
+    assert (shown["concurrency"], shown["state"], shown["waiting"]) == ("-", "active", "0")
+    assert conn.execute(QUEUE_ROW, ("email",)).fetchone() is None
+    made = cli(
+        "queue",
+        "email",
+        "--rate",
+        "20",
+        "--concurrency",
+        "5",
+        "--key-rate",
+        "0.5",
+        "--key-concurrency",
+        "2",
+        "--pause",
+        env=env,
+    )
+    shown = queue_lines(made)["email"]
+    assert conn.execute(QUEUE_ROW, ("email",)).fetchone() == (20, 5, 0.5, 2, True)
+    assert (shown["rate"], shown["concurrency"], shown["key_rate"]) == ("20/s", "5", "0.5/s")
+    assert (shown["key_concurrency"], shown["state"]) == ("2", "paused")
+    # Only the options given change.
+    assert cli("queue", "email", "--resume", env=env).returncode == 0
+    assert conn.execute(QUEUE_ROW, ("email",)).fetchone() == (20, 5, 0.5, 2, False)
+    assert cli("queue", "email", "--rate", "0", "--key-rate", "NONE", env=env).returncode == 0
+    assert conn.execute(QUEUE_ROW, ("email",)).fetchone() == (0, 5, None, 2, False)
+    assert queue_lines(cli("queue", "email", env=env))["email"]["rate"] == "unpaced"
+    cleared = cli("queue", "email", "--concurrency", "none", "--key-concurrency", "none", env=env)
+    assert cleared.returncode == 0, cleared.stderr
+    assert conn.execute(QUEUE_ROW, ("email",)).fetchone() == (0, None, None, None, False)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--rate", "-1"), "--rate: rate must be 0 (unlimited) or between 0.001 and 100000"),
+        (("--rate", "nan"), "--rate: rate must be 0"),
+        (("--rate", "0.0001"), "--rate: rate must be 0"),
+        (("--rate", "fast"), "--rate must be a number or none, not 'fast'"),
+        (("--key-rate", "0"), "--key-rate: key rate must be between 0.001 and 100000"),
+        (("--key-rate", "100001"), "--key-rate: key rate must be between"),
+        (("--concurrency", "0"), "--concurrency must be between 1 and 100,000 jobs, not 0"),
+        (("--concurrency", "-5"), "--concurrency must be between 1 and 100,000"),
+        (("--concurrency", "2.5"), "--concurrency must be a whole number or none"),
+        (("--key-concurrency", "100001"), "--key-concurrency must be between 1 and 100,000"),
+    ],
+)
+def test_queue_command_refuses_a_value_out_of_range_in_one_line(
+    database_url: str, conn: psycopg.Connection[Any], args: tuple[str, ...], message: str
+) -> None:
+    env = {"DATABASE_URL": database_url}
+    assert cli("queue", "email", "--rate", "20", "--concurrency", "5", env=env).returncode == 0
+    refused = cli("queue", "email", *args, "--pause", env=env)
+    assert refused.returncode == 2
+    assert message in one_line_error(refused)
+    assert conn.execute(QUEUE_ROW, ("email",)).fetchone() == (20, 5, None, None, False)
+
+
+@pytest.mark.parametrize("name", ["two words", "tab\tin", "q" * 101])
+def test_queue_command_refuses_a_name_the_table_refuses(
+    database_url: str, conn: psycopg.Connection[Any], name: str
+) -> None:
+    refused = cli("queue", name, "--rate", "1", env={"DATABASE_URL": database_url})
+    assert refused.returncode == 2
+    assert "a queue's name must be 1 to 100 characters without whitespace" in one_line_error(
+        refused
+    )
+    assert scalar(conn, "SELECT count(*) FROM notifyworker.queues") == 0
+
+
+def test_queues_lists_waiting_running_paused_and_recent_pickup(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    env = {"DATABASE_URL": database_url}
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, queue) SELECT 'sleep', 'email'"
+        " FROM generate_series(1, 3)"
+    )
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, queue) SELECT 'sleep', 'bulk'"
+        " FROM generate_series(1, 10001)"
+    )
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, queue, status, worker_id, queued_at, started_at)"
+        " SELECT 'sleep', 'reports', s, 'w', now(), now()"
+        " FROM unnest(ARRAY['queued', 'running', 'running']) AS s"
+    )
+    # Finished a minute ago, each picked up 1 s or 3 s after its INSERT; and one long ago.
+    conn.execute(
+        "INSERT INTO notifyworker.jobs"
+        " (task, queue, status, worker_id, created_at, started_at, finished_at)"
+        " SELECT 'sleep', 'reports', 'done', 'w', now() - interval '2 minutes',"
+        " now() - interval '2 minutes' + p * interval '1 second', now() - interval '1 minute'"
+        " FROM unnest(ARRAY[1, 1, 3]) AS p"
+        " UNION ALL SELECT 'sleep', 'reports', 'done', 'w', now() - interval '2 hours',"
+        " now() - interval '1 hour', now() - interval '1 hour'"
+    )
+    assert cli("queue", "email", "--pause", "--rate", "3", env=env).returncode == 0
+    assert cli("queue", "idle", "--concurrency", "4", env=env).returncode == 0
+    listed = queue_lines(cli("queues", env=env))
+    assert sorted(listed) == ["bulk", "email", "idle", "reports"]
+    assert listed["email"]["state"] == "paused, 3 waiting"
+    assert (listed["email"]["waiting"], listed["email"]["rate"]) == ("3", "3/s")
+    assert listed["bulk"]["waiting"] == "10,000+"
+    assert (listed["bulk"]["state"], listed["bulk"]["rate"]) == ("active", "worker's own")
+    assert (listed["reports"]["running"], listed["reports"]["waiting"]) == ("3", "0")
+    assert listed["reports"]["pickup_p50"] == "1,000 ms"
+    assert (listed["idle"]["concurrency"], listed["idle"]["waiting"]) == ("4", "0")
+    assert listed["idle"]["pickup_p50"] == "-"
+    # On a terminal: rich's table, the paused backlog in plain sight.
+    code, shown, err = cli_on_terminal("queues", env=env)
+    assert code == 0, err
+    text = re.sub(r"\x1b\[[0-9;]*m", "", shown)
+    assert "paused, 3 waiting" in text
+    assert "10,000+" in text
+
+
+def test_enqueue_and_jobs_with_a_queue(database_url: str, conn: psycopg.Connection[Any]) -> None:
+    env = {"DATABASE_URL": database_url}
+    made = cli(
+        "enqueue", "sleep", "--queue", "email", "--priority", "-5", "--limit-key", "t1", env=env
+    )
+    assert made.returncode == 0, made.stderr
+    job = int(made.stdout)
+    other = int(cli("enqueue", "sleep", env=env).stdout)
+    placed = "SELECT queue, priority, limit_key FROM notifyworker.jobs WHERE id = %s"
+    assert conn.execute(placed, (job,)).fetchone() == ("email", -5, "t1")
+    assert conn.execute(placed, (other,)).fetchone() == ("default", 0, None)
+    in_email = cli("jobs", "--queue", "email", env=env)
+    assert in_email.returncode == 0, in_email.stderr
+    assert f"id={job} " in in_email.stdout
+    assert f"id={other} " not in in_email.stdout
+    waiting_in_default = cli("jobs", "--queue", "default", "--status", "new", env=env).stdout
+    assert f"id={other} " in waiting_in_default
+    assert f"id={job} " not in waiting_in_default
+    for args, message in (
+        (("--queue", "a b"), "a queue's name must be 1 to 100 characters"),
+        (("--priority", "1000001"), "priority must be between -1,000,000 and 1,000,000"),
+        (("--limit-key", "k" * 201), "limit_key must be 1 to 200 characters"),
+    ):
+        refused = cli("enqueue", "sleep", *args, env=env)
+        assert refused.returncode == 2, args
+        assert message in one_line_error(refused)
+    assert scalar(conn, "SELECT count(*) FROM notifyworker.jobs") == 2

@@ -295,6 +295,34 @@ def test_jobs_filters_find_the_right_rows_newest_first(
     assert found(database_url, limit=2, task="b") == [j["running_b"], j["cancelled_b"]]
 
 
+def test_jobs_filter_by_queue(
+    database_url: str, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    j = fill_for_filters(conn)
+    email = [
+        scalar(
+            conn,
+            "INSERT INTO notifyworker.jobs (task, queue, status, worker_id, started_at)"
+            " VALUES ('a', 'email', %s, 'w', CASE WHEN %s = 'running' THEN now() END)"
+            " RETURNING id",
+            status,
+            status,
+        )
+        for status in ("new", "running", "new")
+    ]
+    assert found(database_url, queue="email") == email[::-1]
+    assert found(database_url, queue="email", status="new") == [email[2], email[0]]
+    assert found(database_url, queue="email", status="running") == [email[1]]
+    assert found(database_url, queue="default", status="new") == [j["new_a"]]
+    assert found(database_url, queue="nowhere") == []
+    # A queue alone has no index of its own: the latest jobs only, as a task.
+    monkeypatch.setattr(admin, "SEARCH_WINDOW", 2)
+    walked = db.run_once(database_url, admin.find_jobs, 20, queue="email")
+    assert ([row.id for row in walked.rows], walked.window) == ([email[2], email[1]], 2)
+    indexed = db.run_once(database_url, admin.find_jobs, 20, queue="email", status="new")
+    assert ([row.id for row in indexed.rows], indexed.window) == ([email[2], email[0]], None)
+
+
 def test_a_filter_no_index_serves_looks_at_the_latest_jobs_only_and_says_so(
     database_url: str, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -341,9 +369,11 @@ def test_job_command_tells_the_whole_story(
     job = scalar(
         conn,
         "INSERT INTO notifyworker.jobs (task, payload, object_id, max_attempts, timeout, status,"
-        " attempts, worker_id, queued_at, started_at, finished_at, error)"
+        " attempts, worker_id, queued_at, started_at, finished_at, error, queue, priority,"
+        " limit_key)"
         " VALUES ('resize', '{\"image_id\": 7}', 'img-7', 2, '3 seconds', 'failed', 2, 'w-1',"
-        " now(), now(), now() + interval '1.5 seconds', 'ValueError: too big') RETURNING id",
+        " now(), now(), now() + interval '1.5 seconds', 'ValueError: too big', 'images', -2,"
+        " 't-1') RETURNING id",
     )
     scalar(conn, "SELECT notifyworker.retry(%s)", job)
     conn.execute(
@@ -358,6 +388,7 @@ def test_job_command_tells_the_whole_story(
     assert lines["job"] == str(job)
     assert lines["task"] == "resize"
     assert lines["object_id"] == "img-7"
+    assert (lines["queue"], lines["priority"], lines["limit key"]) == ("images", "-2", "t-1")
     assert lines["status"] == "done"
     assert lines["attempts"] == "3 of 4"
     assert lines["worker"] == "w-2"

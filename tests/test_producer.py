@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from notifyworker.errors import InvalidJob, InvalidPayload, RowRejected, UnknownTask
 from notifyworker.producer import (
     Job,
+    JobOptions,
     defer,
     defer_async,
     enqueue,
@@ -140,7 +141,10 @@ def test_every_option_reaches_the_row(conn: psycopg.Connection[Any]) -> None:
 
 def test_enqueue_leaves_what_a_plain_insert_leaves(conn: psycopg.Connection[Any]) -> None:
     """NULL options take the columns' defaults: the functions' and the statements' copies agree."""
-    columns = "task, payload, object_id, timeout, max_attempts, run_at, status, attempts"
+    columns = (
+        "task, payload, object_id, timeout, max_attempts, run_at, status, attempts, queue,"
+        " priority, limit_key"
+    )
     with conn.transaction():  # one now(), for run_at
         plain = scalar(conn, "INSERT INTO notifyworker.jobs (task) VALUES ('a') RETURNING id")
         by_function = scalar(conn, "SELECT notifyworker.enqueue('a')")
@@ -195,6 +199,93 @@ def test_a_row_the_table_refuses_is_row_rejected_with_the_drivers_error_as_cause
     with pytest.raises(RowRejected, match="max_attempts_in_range") as caught:
         enqueue(conn, "sleep", max_attempts=0)
     assert isinstance(caught.value.__cause__, psycopg.errors.CheckViolation)
+
+
+PLACED = "SELECT queue, priority, limit_key FROM notifyworker.jobs WHERE id = %s"
+
+
+def test_queue_priority_and_limit_key_reach_the_row_by_every_way_in(
+    conn: psycopg.Connection[Any],
+) -> None:
+    where = JobOptions(queue="email", priority=7, limit_key="tenant-1")
+    keyed = where.copy()
+    keyed["unique_key"] = "k"
+    one = enqueue(conn, "sleep", **where)  # the plain INSERT
+    held = enqueue(conn, "sleep", **keyed)  # through notifyworker.enqueue()
+    many = enqueue_many(conn, [Job("sleep", **where), Job("sleep")])  # the bulk INSERT
+    keyed["unique_key"] = "k2"
+    many_keyed = enqueue_many(conn, [Job("sleep", **keyed), Job("sleep")])  # enqueue_many()
+    deferred = resize.defer(conn, image_id=1, queue="images", priority=-3, limit_key="t2")
+    in_bulk = enqueue_many(conn, [resize.job(image_id=2, queue="images", limit_key="t3")])
+    placed = [tuple(conn.execute(PLACED, (job,)).fetchone() or ()) for job in (one, held)]
+    placed += [tuple(conn.execute(PLACED, (job,)).fetchone() or ()) for job in many + many_keyed]
+    assert (
+        placed
+        == [("email", 7, "tenant-1")] * 2
+        + [
+            ("email", 7, "tenant-1"),
+            ("default", 0, None),
+        ]
+        * 2
+    )
+    assert conn.execute(PLACED, (deferred,)).fetchone() == ("images", -3, "t2")
+    assert conn.execute(PLACED, (in_bulk[0],)).fetchone() == ("images", 0, "t3")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"queue": ""}, "a queue's name must be 1 to 100 characters without whitespace"),
+        ({"queue": "two words"}, "without whitespace"),
+        ({"queue": "tab\there"}, "without whitespace"),
+        ({"queue": "q" * 101}, "1 to 100 characters"),
+        ({"queue": 7}, "a queue's name must be a string, not int"),
+        ({"priority": 1_000_001}, "priority must be between -1,000,000 and 1,000,000"),
+        ({"priority": -1_000_001}, "priority must be between"),
+        ({"priority": 1.5}, "priority must be a whole number, not float"),
+        ({"priority": True}, "priority must be a whole number, not bool"),
+        ({"limit_key": ""}, "limit_key must be 1 to 200 characters"),
+        ({"limit_key": "k" * 201}, "limit_key must be 1 to 200 characters"),
+        ({"limit_key": 3}, "limit_key must be a string, not int"),
+    ],
+)
+def test_a_queue_priority_or_limit_key_the_table_refuses_is_refused_before_any_sql(
+    tx: psycopg.Connection[Any], options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidJob, match=message):
+        enqueue(tx, "sleep", **options)
+    with pytest.raises(InvalidJob, match=message):
+        enqueue_many(tx, [Job("sleep"), Job("sleep", **options)])
+    with pytest.raises(InvalidJob, match=message):
+        resize.defer(tx, image_id=1, **options)
+    assert sent_nothing(tx)
+
+
+@pytest.mark.parametrize(
+    ("column", "accepted", "refused", "constraint"),
+    [
+        ("queue", "q" * 100, "q" * 101, "queue_is_a_name"),
+        ("queue", "a-b.c:d", "a\x0bb", "queue_is_a_name"),
+        ("priority", 1_000_000, 1_000_001, "priority_in_range"),
+        ("priority", -1_000_000, -1_000_001, "priority_in_range"),
+        ("limit_key", "k" * 200, "k" * 201, "limit_key_1_to_200_characters"),
+        ("limit_key", "k", "", "limit_key_1_to_200_characters"),
+    ],
+    ids=["queue-length", "queue-whitespace", "priority-max", "priority-min", "key-max", "key-min"],
+)
+def test_the_producers_rules_are_the_tables(
+    conn: psycopg.Connection[Any], column: str, accepted: Any, refused: Any, constraint: str
+) -> None:
+    """What Python lets through, the table stores; what it refuses, the table refuses too."""
+    job = enqueue(conn, "sleep", **{column: accepted})
+    assert scalar(conn, f"SELECT {column} FROM notifyworker.jobs WHERE id = %s", job) == accepted
+    with pytest.raises(InvalidJob):
+        enqueue(conn, "sleep", **{column: refused})
+    with pytest.raises(psycopg.errors.CheckViolation, match=constraint):
+        conn.execute(
+            f"INSERT INTO notifyworker.jobs (task, {column}) VALUES ('sleep', %s)".encode(),
+            (refused,),
+        )
 
 
 def test_many_jobs_in_one_call_come_back_in_order(conn: psycopg.Connection[Any]) -> None:

@@ -12,7 +12,7 @@ from notifyworker.producer import Job, enqueue, enqueue_many
 from notifyworker.sqlfiles import query
 
 
-def plan_text(conn: psycopg.Connection[Any], name: str, **params: Any) -> str:
+def plan_text(conn: psycopg.Connection[Any], name: str, /, **params: Any) -> str:
     row = conn.execute(("EXPLAIN (FORMAT JSON) " + query(name)).encode(), params or None).fetchone()
     assert row is not None
     return json.dumps(row[0])
@@ -71,7 +71,7 @@ def test_claim_and_sweep_use_the_partial_indexes(conn: psycopg.Connection[Any]) 
     )
     conn.execute("ANALYZE notifyworker.jobs")
     fair = nested_plans(conn, "claim", **CLAIM)
-    assert "jobs_waiting_by_key" in fair
+    assert "jobs_waiting" in fair
     assert "jobs_held_by_queue" in fair
     assert "Seq Scan on jobs" not in fair
     backoff = {"retry_backoff": 1.0, "retry_backoff_max": 60.0}
@@ -143,11 +143,15 @@ def test_the_filtered_job_list_never_sorts_the_table(conn: psycopg.Connection[An
             {"status": "cancelled", "task": "rare"},
         ],
         "jobs_object_id": [{"object_id": "img-7"}, {"object_id": "obj-9", "status": "done"}],
-        "jobs_on_worker": [{"status": "running"}, {"status": "queued", "task": "rare"}],
-        "jobs_pkey": [{}, {"queue": "default"}],
+        "jobs_on_worker": [
+            {"status": "running"},
+            {"status": "queued", "task": "rare"},
+            {"status": "running", "queue": "default"},
+        ],
+        "jobs_pkey": [{}],
     }
-    # Retention's jobs_finished (status, finished_at) serves a finished status too.
-    # jobs_held_by_queue has the same rows as jobs_on_worker.
+    # Retention's jobs_finished (status, finished_at) serves a finished status too;
+    # jobs_held_by_queue (0014) lists the same held jobs as jobs_on_worker.
     either = {
         "jobs_failed_or_cancelled": ("jobs_failed_or_cancelled", "jobs_finished"),
         "jobs_on_worker": ("jobs_on_worker", "jobs_held_by_queue"),
@@ -158,15 +162,22 @@ def test_the_filtered_job_list_never_sorts_the_table(conn: psycopg.Connection[An
             assert any(name in shown for name in either.get(index, (index,))), (filters, shown)
             assert "Seq Scan" not in shown, filters
     # Waiting jobs: their partial index, or the newest end of the primary key.
-    waiting = plan(status="new")
-    assert "jobs_waiting" in waiting or "jobs_pkey" in waiting
-    assert "Seq Scan" not in waiting
+    news: list[dict[str, Any]] = [{"status": "new"}, {"status": "new", "queue": "default"}]
+    for new in news:
+        waiting = plan(**new)
+        assert "jobs_waiting" in waiting or "jobs_pkey" in waiting, new
+        assert "Seq Scan" not in waiting, new
     # No index serves a task alone or `done`: a walk down the primary key, no
     # further than the search window (here the latest 10,000 of 52,140 jobs).
     start = conn.execute(query("window_start").encode(), {"window": 10_000}).fetchone()
     assert start is not None
     assert start[1] == 10_000
-    for filters in ({"task": "rare"}, {"status": "done"}, {"status": "done", "task": "x"}):
+    for filters in (
+        {"task": "rare"},
+        {"status": "done"},
+        {"status": "done", "task": "x"},
+        {"queue": "default"},
+    ):
         shown = plan(from_id=start[0], **filters)
         assert "jobs_pkey" in shown, filters
         assert "Seq Scan" not in shown, filters
@@ -174,6 +185,33 @@ def test_the_filtered_job_list_never_sorts_the_table(conn: psycopg.Connection[An
     assert '"Index Only Scan"' in window
     assert '"Scan Direction": "Backward"' in window
     assert "Seq Scan" not in window
+
+
+def test_the_queue_list_reads_the_indexes_of_waiting_held_and_recent_jobs(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """`notifyworker queues`: no count or scan of the whole table, however many finished rows."""
+    fill(conn)
+    conn.execute(
+        "UPDATE notifyworker.jobs SET finished_at = now() - interval '1 day' WHERE status = 'done'"
+    )
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, queue, priority)"
+        " SELECT 'sleep', 'q' || (n % 7), n % 3 FROM generate_series(1, 300) AS n"
+    )
+    conn.execute(
+        "INSERT INTO notifyworker.jobs (task, queue, status, worker_id, started_at, finished_at)"
+        " SELECT 'sleep', 'q' || (n % 7), 'done', 'w', now(), now()"
+        " FROM generate_series(1, 200) AS n"
+    )
+    conn.execute("INSERT INTO notifyworker.queues (name, rate, paused) VALUES ('idle', 5, true)")
+    conn.execute("ANALYZE notifyworker.jobs")
+    for name in (None, "q3"):
+        shown = plan_text(conn, "list_queues", name=name, cap=10_000)
+        assert "jobs_waiting" in shown, name
+        assert "jobs_on_worker" in shown or "jobs_held_by_queue" in shown, name
+        assert "jobs_finished" in shown, name
+        assert "Seq Scan on jobs" not in shown, name
 
 
 def test_enqueue_finds_a_keys_holder_through_the_unique_index(

@@ -253,3 +253,14 @@ def test_a_bad_retention_in_the_environment_stops_run_in_one_line() -> None:
     )
     assert result.returncode == 2
     assert "retention_failed: Value error, must be more than 0" in one_line_error(result)
+
+
+def test_the_pruner_forgets_per_key_start_slots_long_past(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    conn.execute(
+        "INSERT INTO notifyworker.queue_keys (queue, key, next_start_at) VALUES"
+        " ('q', 'old', now() - interval '2 minutes'), ('q', 'recent', now())"
+    )
+    db.run_once(database_url, store.prune_round, WorkerId("me"), DEFAULTS, 10, 30.0)
+    assert scalar(conn, "SELECT array_agg(key) FROM notifyworker.queue_keys") == ["recent"]

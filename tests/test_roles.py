@@ -11,6 +11,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from notifyworker import sqlfiles
+from notifyworker.producer import Job, enqueue, enqueue_many
 from tests.helpers import Calls, eventually, fast_settings, grant, running_worker, scalar, url_as
 
 # A value of the right type for every parameter of sql/queries/: each statement is
@@ -63,6 +64,13 @@ SAMPLES: dict[str, Any] = {
     "statuses": ["done", "failed"],
     "older_than": [60.0, 3600.0],
     "pause": 1.0,
+    # queues (0014)
+    "changes": Jsonb({"rate": 1.0, "concurrency": None, "paused": True}),
+    "priority": 5,
+    "limit_key": "tenant-1",
+    "queues": ["email", None],
+    "priorities": [1, None],
+    "limit_keys": None,
 }
 # Who, besides the schema's owner, may send each statement of admin.sql and
 # producer.sql, by design.
@@ -72,9 +80,12 @@ SENDERS: dict[str, set[str]] = {
     "record_migration": set(),
     "cancel_job": {"app"},
     "retry_job": {"app"},
+    # a queue's settings are the operator's to change; both may read them (0014_queues.sql)
+    "set_queue": set(),
+    "list_queues": {"worker", "app"},
     "set_rate": set(),
     "reset_rate": set(),
-    "get_rate": {"worker"},  # workers read the rate with every heartbeat
+    "get_rate": {"worker", "app"},
     "latest_jobs": {"worker", "app"},  # both may read the jobs
     "find_jobs": {"worker", "app"},
     "window_start": {"worker", "app"},
@@ -150,6 +161,42 @@ def test_the_app_role_inserts_reads_cancels_and_retries_and_nothing_else(
             assert refused(app, statement), statement
 
 
+def test_the_app_role_enqueues_into_queues_and_reads_their_settings_but_cannot_change_them(
+    database_url: str, conn: psycopg.Connection[Any], login_role: tuple[str, str]
+) -> None:
+    conn.execute("INSERT INTO notifyworker.queues (name, rate, paused) VALUES ('email', 5, true)")
+    grant(conn, "notifyworker_app", login_role[0])
+    with psycopg.connect(url_as(database_url, login_role), autocommit=True) as app:
+        plain = scalar(
+            app,
+            "INSERT INTO notifyworker.jobs (task, queue, priority, limit_key)"
+            " VALUES ('sleep', 'email', 3, 'tenant-1') RETURNING id",
+        )
+        by_function = scalar(
+            app,
+            "SELECT notifyworker.enqueue('sleep', queue => 'email', priority => 3,"
+            " limit_key => 'tenant-1')",
+        )
+        by_python = enqueue(app, "sleep", queue="email", priority=3, limit_key="tenant-1")
+        in_bulk = enqueue_many(app, [Job("sleep", queue="email", priority=3, limit_key="tenant-1")])
+        placed = app.execute(
+            "SELECT DISTINCT queue, priority, limit_key FROM notifyworker.jobs WHERE id = ANY(%s)",
+            ([plain, by_function, by_python, *in_bulk],),
+        ).fetchall()
+        assert placed == [("email", 3, "tenant-1")]
+        assert scalar(app, "SELECT paused FROM notifyworker.queues WHERE name = 'email'") is True
+        for statement in (
+            "UPDATE notifyworker.queues SET paused = false",
+            "UPDATE notifyworker.queues SET rate = 1000",
+            "UPDATE notifyworker.queues SET next_start_at = now()",
+            "INSERT INTO notifyworker.queues (name, concurrency) VALUES ('mine', 100)",
+            "DELETE FROM notifyworker.queues",
+            "SELECT * FROM notifyworker.queue_keys",
+        ):
+            assert refused(app, statement), statement
+    assert conn.execute("SELECT rate, paused FROM notifyworker.queues").fetchall() == [(5, True)]
+
+
 def test_the_app_role_manages_schedules_but_cannot_make_a_tick_fire_twice(
     database_url: str, conn: psycopg.Connection[Any], login_role: tuple[str, str]
 ) -> None:
@@ -197,6 +244,11 @@ def test_the_worker_role_runs_jobs_and_cannot_do_more(
             "UPDATE notifyworker.jobs SET retries = 1, attempts_before_retry = 1",
             "SELECT notifyworker.enqueue('sleep')",
             "SELECT notifyworker.enqueue_many(ARRAY['sleep'])",
+            # It keeps a queue's start slot, and changes none of its settings.
+            "UPDATE notifyworker.queues SET paused = true",
+            "UPDATE notifyworker.queues SET rate = 1000, concurrency = NULL",
+            "INSERT INTO notifyworker.queues (name, rate) VALUES ('mine', 1000)",
+            "DELETE FROM notifyworker.queues",
         ):
             assert refused(worker, statement), statement
 

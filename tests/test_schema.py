@@ -230,9 +230,36 @@ def test_rate_bounds_migration_copes_with_a_row_already_there(
     assert db.run_once(database_url, schema.migrate) == [
         f"{m.version:04d}_{m.name}" for m in sqlfiles.migrations() if m.name == "rate_bounds"
     ]
-    assert db.run_once(database_url, admin.get_rate) == kept
+    row = conn.execute("SELECT value FROM notifyworker.settings WHERE name = 'rate'").fetchone()
+    assert (None if row is None else row[0]) == kept
     with pytest.raises(psycopg.errors.CheckViolation, match="rate_in_bounds"):
         conn.execute("INSERT INTO notifyworker.settings (name, value) VALUES ('rate', 'NaN')")
+
+
+@pytest.mark.parametrize("value", [None, 0.0, 20.0])
+def test_the_queues_migration_moves_the_rate_to_the_default_queues_row(
+    empty_database_url: str, value: float | None
+) -> None:
+    """`notifyworker rate` set before 0014 is the default queue's fleet rate after it."""
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute(sqlfiles.query("migrate_bookkeeping"))
+            for migration in sqlfiles.migrations():
+                if migration.version < 14:
+                    conn.execute(migration.sql)
+                    conn.execute(
+                        sqlfiles.query("record_migration"),
+                        {"version": migration.version, "name": migration.name},
+                    )
+        if value is not None:
+            conn.execute(
+                "INSERT INTO notifyworker.settings (name, value) VALUES ('rate', %s)", (value,)
+            )
+        assert db.run_once(empty_database_url, schema.migrate) == ["0014_queues"]
+        assert db.run_once(empty_database_url, admin.get_rate) == value
+        assert scalar(conn, "SELECT count(*) FROM notifyworker.settings") == 0
+        queues = conn.execute("SELECT name, rate, paused FROM notifyworker.queues").fetchall()
+        assert queues == ([] if value is None else [("default", value, False)])
 
 
 def test_the_retry_rule_has_one_python_twin(conn: psycopg.Connection[Any]) -> None:

@@ -1,5 +1,5 @@
-"""The `notifyworker` command: up, run, migrate, check, enqueue, cancel, retry, rate, jobs, job,
-schedules, prune, dashboard.
+"""The `notifyworker` command: up, run, migrate, check, enqueue, cancel, retry, rate, queue,
+queues, jobs, job, schedules, prune, dashboard.
 
 Typer gives typed options, help and shell completion for free; settings still
 come from one pydantic-settings model (flags override NOTIFYWORKER_* env vars).
@@ -9,7 +9,7 @@ commands are registered here, in the order `--help` lists them.
 
 from __future__ import annotations
 
-from notifyworker.cli import dashboard, job, jobs, prune, schedules, worker
+from notifyworker.cli import dashboard, job, jobs, prune, queues, schedules, worker
 from notifyworker.cli.app import app, main
 
 for command in (
@@ -23,7 +23,9 @@ for command in (
 ):
     app.command()(command)
 # `rate -1` is a value to refuse with a clear message, not an unknown option.
-app.command(context_settings={"ignore_unknown_options": True})(jobs.rate)
+app.command(context_settings={"ignore_unknown_options": True})(queues.rate)
+app.command()(queues.queue)
+app.command()(queues.queues)
 app.command()(jobs.jobs)
 app.command()(job.job)
 app.add_typer(schedules.app, name="schedules")

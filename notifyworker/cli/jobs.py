@@ -1,4 +1,4 @@
-"""Commands on jobs and the fleet's rate, for operators: enqueue, cancel, rate, jobs (filtered)."""
+"""Commands on jobs, for operators: enqueue, cancel, jobs (filtered)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from rich.console import Console
 from notifyworker import admin, console, db
 from notifyworker.cli.options import DatabaseUrl, DatabaseUrlFile, payload_object, settings_from
 from notifyworker.errors import ConfigError
-from notifyworker.models import MAX_RATE, MIN_RATE, FoundJobs, JobId, JobStatus, rate_problem
+from notifyworker.models import (
+    FoundJobs,
+    JobId,
+    JobStatus,
+    limit_key_problem,
+    priority_problem,
+    queue_problem,
+)
 
 log = logging.getLogger("notifyworker")
 
@@ -31,16 +38,42 @@ def enqueue(
         str | None,
         typer.Option(help="While a job with this key waits or runs, print its id instead."),
     ] = None,
+    queue: Annotated[
+        str | None, typer.Option(help="The job's queue (default: default).", show_default=False)
+    ] = None,
+    priority: Annotated[
+        int | None,
+        typer.Option(help="Higher starts first within its queue (default: 0).", show_default=False),
+    ] = None,
+    limit_key: Annotated[
+        str | None,
+        typer.Option(help="What the queue's key limits count it by: a tenant, an account."),
+    ] = None,
     database_url: DatabaseUrl = None,
     database_url_file: DatabaseUrlFile = None,
 ) -> None:
     """Enqueue one job, as the producer API (and notifyworker.enqueue() in SQL) does."""
+    for given, rule in ((queue, queue_problem), (priority, priority_problem)):
+        if given is not None and (problem := rule(given)):
+            raise ConfigError(problem)
+    if limit_key is not None and (problem := limit_key_problem(limit_key)):
+        raise ConfigError(problem)
     settings = settings_from(
         database_url=database_url, database_url_file=database_url_file, log_level="WARNING"
     )
     data = payload_object(payload)
     job_id = db.run_once(
-        settings.url(), admin.enqueue, task, data, object_id, timeout, max_attempts, unique_key
+        settings.url(),
+        admin.enqueue,
+        task,
+        data,
+        object_id,
+        timeout,
+        max_attempts,
+        unique_key,
+        queue,
+        priority,
+        limit_key,
     )
     print(job_id)
 
@@ -60,37 +93,6 @@ def cancel(
     print(status)
 
 
-# A negative value is an argument for the rule to refuse in one line, not an unknown option.
-def rate(
-    value: Annotated[
-        float | None,
-        typer.Argument(
-            help=f"Job starts per second per worker process: {MIN_RATE:g} to {MAX_RATE:g}, "
-            "or 0 = unlimited.",
-            show_default=False,
-        ),
-    ] = None,
-    reset: Annotated[
-        bool, typer.Option("--reset", help="Go back to each worker's own configured rate.")
-    ] = False,
-    database_url: DatabaseUrl = None,
-    database_url_file: DatabaseUrlFile = None,
-) -> None:
-    """Show or change the rate of every running worker (applied within a heartbeat)."""
-    if value is not None and (problem := rate_problem(value)):
-        raise ConfigError(problem)
-    settings = settings_from(
-        database_url=database_url, database_url_file=database_url_file, log_level="WARNING"
-    )
-    url = settings.url()
-    if reset:
-        db.run_once(url, admin.set_rate, None)
-    elif value is not None:
-        db.run_once(url, admin.set_rate, value)
-    current = db.run_once(url, admin.get_rate)
-    print("each worker's own rate" if current is None else f"{current:g} jobs/s per worker")
-
-
 STATUSES: tuple[str, ...] = get_args(JobStatus)
 
 
@@ -105,7 +107,7 @@ def jobs(
     queue: Annotated[
         str | None,
         typer.Option(
-            help="Only this queue's jobs. Until queues land, every job is in `default`.",
+            help="Only this queue's jobs.",
             show_default=False,
         ),
     ] = None,

@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 
 from notifyworker.db.translate import translate
 from notifyworker.errors import InvalidJob, InvalidPayload
-from notifyworker.models import JobId
+from notifyworker.models import JobId, limit_key_problem, priority_problem, queue_problem
 from notifyworker.sqlfiles import query
 
 Connection: TypeAlias = psycopg.Connection[Any]
@@ -41,6 +41,9 @@ _ARRAYS = {
     "max_attempts": "max_attempts_each",
     "run_at": "run_ats",
     "unique_key": "unique_keys",
+    "queue": "queues",
+    "priority": "priorities",
+    "limit_key": "limit_keys",
 }
 
 
@@ -51,6 +54,9 @@ class Job:
     `payload` is a JSON object: a mapping, or its JSON text as is. While a job
     with the same `unique_key` is new, queued or running, enqueueing returns
     that job's id instead; once it has finished the key is free again.
+    `queue` (default 'default'), `priority` (higher first; default 0) and
+    `limit_key` (the tenant or account a queue's key limits count by) say
+    where and in which order it runs.
     """
 
     task: str
@@ -60,6 +66,9 @@ class Job:
     max_attempts: int | None = None
     run_at: datetime | None = None
     unique_key: str | None = None
+    queue: str | None = None
+    priority: int | None = None
+    limit_key: str | None = None
 
 
 class JobOptions(TypedDict, total=False):
@@ -70,6 +79,9 @@ class JobOptions(TypedDict, total=False):
     max_attempts: int | None
     run_at: datetime | None
     unique_key: str | None
+    queue: str | None
+    priority: int | None
+    limit_key: str | None
 
 
 def enqueue(
@@ -162,6 +174,9 @@ def _driver_errors() -> Iterator[None]:
 
 def _row(job: Job) -> dict[str, Any]:
     """`job` as enqueue_job's parameters, checked before anything is sent."""
+    placed = job.queue is not None or job.priority is not None or job.limit_key is not None
+    if placed and (problem := _placement_problem(job)):
+        raise InvalidJob(problem)
     return {
         "task": job.task,
         "payload": Jsonb(_json_object(job), dumps=_as_is),
@@ -170,7 +185,21 @@ def _row(job: Job) -> dict[str, Any]:
         "max_attempts": job.max_attempts,
         "run_at": _aware(job.run_at),
         "unique_key": job.unique_key,
+        "queue": job.queue,
+        "priority": job.priority,
+        "limit_key": job.limit_key,
     }
+
+
+def _placement_problem(job: Job) -> str | None:
+    """Why the job's queue, priority or limit_key would break the table's CHECKs, or None."""
+    if job.queue is not None and (problem := queue_problem(job.queue)):
+        return problem
+    if job.priority is not None and (problem := priority_problem(job.priority)):
+        return problem
+    if job.limit_key is not None:
+        return limit_key_problem(job.limit_key)
+    return None
 
 
 def _columns(jobs: Sequence[Job]) -> dict[str, Any] | None:

@@ -61,6 +61,7 @@ def prune_round(
             return PruneRound(None, min(max(lease["due_in"], PRUNE_MIN_PAUSE), interval))
         began = time.monotonic()
         report = prune(s, retention, limit)
+        s.execute("prune_queue_keys")
         pause = max(time.monotonic() - began, PRUNE_MIN_PAUSE) if report.full else interval
         s.execute("prune_done", worker_id=worker_id, pause=pause)
     return PruneRound(report, pause)

@@ -37,13 +37,14 @@ ALTER TABLE notifyworker.jobs
     ADD CONSTRAINT priority_in_range CHECK (priority BETWEEN -1000000 AND 1000000),
     ADD CONSTRAINT limit_key_1_to_200_characters CHECK (length(limit_key) BETWEEN 1 AND 200);
 
--- The claim reads a queue's due jobs, highest priority first, then oldest.
+-- The claim reads a queue's due jobs, highest priority first, then oldest:
+-- those without a key (coalesce(limit_key, '') = '', which no key can be),
+-- or one key's; and walks the keys that wait. One index for every waiting
+-- job, as before: a job pays for no second one.
 DROP INDEX notifyworker.jobs_waiting;
-CREATE INDEX jobs_waiting ON notifyworker.jobs (queue, priority DESC, run_at, id)
+CREATE INDEX jobs_waiting
+    ON notifyworker.jobs (queue, (coalesce(limit_key, '')), priority DESC, run_at, id)
     WHERE status = 'new';
--- The round-robin by key: each key's next jobs, and the keys that wait.
-CREATE INDEX jobs_waiting_by_key ON notifyworker.jobs (queue, limit_key, priority DESC, run_at, id)
-    WHERE status = 'new' AND limit_key IS NOT NULL;
 -- Concurrency limits count the jobs a queue (and a key) holds on workers.
 CREATE INDEX jobs_held_by_queue ON notifyworker.jobs (queue, limit_key)
     WHERE status IN ('queued', 'running');
@@ -97,8 +98,11 @@ INSERT INTO notifyworker.queues (name, rate)
 SELECT 'default', value FROM notifyworker.settings WHERE name = 'rate';
 DELETE FROM notifyworker.settings WHERE name = 'rate';
 
--- Stamps a queue's updated_at when its settings change, from any client;
--- the claim's own next_start_at is not a change.
+-- Stamps a queue's updated_at when its settings change, from any client
+-- (the claim's own next_start_at is not a change), and re-plans the start
+-- slots at a new rate as the worker's own limiter does: the next slot is the
+-- last one handed out plus the new interval, so a rate raised after a very
+-- low one applies at once, and no change ever makes a burst.
 CREATE FUNCTION notifyworker.queue_changed_v1() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -108,6 +112,22 @@ BEGIN
         IS DISTINCT FROM
        (OLD.rate, OLD.concurrency, OLD.key_rate, OLD.key_concurrency, OLD.paused) THEN
         NEW.updated_at := clock_timestamp();
+    END IF;
+    IF NEW.rate IS DISTINCT FROM OLD.rate THEN
+        NEW.next_start_at := CASE
+            WHEN OLD.rate > 0 AND NEW.rate > 0
+            THEN OLD.next_start_at - make_interval(secs => 1 / OLD.rate)
+                 + make_interval(secs => 1 / NEW.rate)
+        END;
+    END IF;
+    IF NEW.key_rate IS DISTINCT FROM OLD.key_rate OR NEW.name <> OLD.name THEN
+        UPDATE notifyworker.queue_keys AS k
+        SET next_start_at = k.next_start_at - make_interval(secs => 1 / OLD.key_rate)
+                            + make_interval(secs => 1 / NEW.key_rate)
+        WHERE k.queue = OLD.name AND OLD.key_rate IS NOT NULL AND NEW.key_rate IS NOT NULL;
+        DELETE FROM notifyworker.queue_keys AS k
+        WHERE k.queue = OLD.name AND (OLD.key_rate IS NULL OR NEW.key_rate IS NULL
+                                      OR NEW.name <> OLD.name);
     END IF;
     RETURN NEW;
 END;
@@ -155,8 +175,8 @@ $$;
 -- Where jobs carry a limit_key they are taken round-robin by key (the jobs
 -- without one count as one more key), starting after the key this session
 -- took last, so one key's backlog never starves another key's job.
--- Each row says when its job may start: start_in seconds from now (NULL: at
--- the worker's own pace). A last row without a job, when a limit held jobs
+-- Each row says when its job may start: start_in seconds after the claim
+-- began (NULL: at the worker's own pace). A last row without a job, when a limit held jobs
 -- back, says in claim_again_in when a claim may find more.
 CREATE FUNCTION notifyworker.claim_v1(
     worker text, serve text[], wanted integer, max_payload_bytes integer,
@@ -177,7 +197,8 @@ DECLARE
     left_over integer := wanted;
     budget integer;
     got integer;
-    capped boolean;
+    capped boolean;         -- a key at its key_concurrency held jobs back
+    more boolean;           -- a key gave its whole share: it may have more
     again double precision;  -- seconds until a held-back queue may yield more
     clock timestamptz;
     horizon timestamptz;
@@ -220,7 +241,10 @@ BEGIN
             )
             SELECT w.queue FROM waiting AS w WHERE serve IS NULL AND w.queue IS NOT NULL)
         ) AS u (name)
-        ORDER BY random()  -- a claim short of room spreads over the queues
+        -- A claim short of room spreads over the queues; a hundred at most,
+        -- so that thousands of queues cannot make one claim slow.
+        ORDER BY random()
+        LIMIT 100
     LOOP
         EXIT WHEN left_over <= 0;
         SELECT c.rate, c.concurrency, c.key_rate, c.key_concurrency, c.paused, c.next_start_at
@@ -233,15 +257,36 @@ BEGIN
 
         IF NOT limited THEN
             IF NOT EXISTS (SELECT FROM notifyworker.jobs AS j
-                           WHERE j.status = 'new' AND j.queue = q AND j.limit_key IS NOT NULL) THEN
+                           WHERE j.status = 'new' AND j.queue = q
+                             AND coalesce(j.limit_key, '') > '') THEN
                 -- The plain claim: no limits, no keys to be fair between.
+                -- Priority by priority, highest first, each one's due jobs
+                -- oldest first: jobs of a higher priority that are not due
+                -- yet (scheduled, or a retry's backoff) are never read past.
                 RETURN QUERY
-                WITH picked AS (
-                    SELECT j.id FROM notifyworker.jobs AS j
-                    WHERE j.status = 'new' AND j.queue = q AND j.run_at <= now()
-                    ORDER BY j.priority DESC, j.run_at, j.id
+                WITH RECURSIVE levels AS (
+                    (SELECT j.priority FROM notifyworker.jobs AS j
+                     WHERE j.status = 'new' AND j.queue = q AND coalesce(j.limit_key, '') = ''
+                     ORDER BY j.priority DESC LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT j.priority FROM notifyworker.jobs AS j
+                            WHERE j.status = 'new' AND j.queue = q
+                              AND coalesce(j.limit_key, '') = '' AND j.priority < l.priority
+                            ORDER BY j.priority DESC LIMIT 1)
+                    FROM levels AS l WHERE l.priority IS NOT NULL
+                ), picked AS (
+                    SELECT d.id FROM levels AS l
+                    CROSS JOIN LATERAL (
+                        SELECT j.id FROM notifyworker.jobs AS j
+                        WHERE j.status = 'new' AND j.queue = q
+                          AND coalesce(j.limit_key, '') = '' AND j.priority = l.priority
+                          AND j.run_at <= now()
+                        ORDER BY j.run_at, j.id
+                        LIMIT left_over
+                        FOR UPDATE SKIP LOCKED
+                    ) AS d
+                    WHERE l.priority IS NOT NULL
                     LIMIT left_over
-                    FOR UPDATE SKIP LOCKED
                 ), claimed AS (
                     UPDATE notifyworker.jobs AS j
                     SET status = 'queued', queued_at = clock_timestamp(), worker_id = worker
@@ -264,9 +309,15 @@ BEGIN
             -- Limits for the whole fleet: this queue's claims take turns.
             SELECT c.rate, c.concurrency, c.key_rate, c.key_concurrency, c.paused,
                    c.next_start_at
-            INTO cfg FROM notifyworker.queues AS c WHERE c.name = q FOR UPDATE;
-            IF NOT FOUND OR cfg.paused THEN
-                CONTINUE;  -- deleted or paused while this claim waited for the lock
+            INTO cfg FROM notifyworker.queues AS c WHERE c.name = q FOR UPDATE SKIP LOCKED;
+            IF NOT FOUND THEN
+                -- Another worker's claim of this queue has the row (or a
+                -- client's open transaction): never wait for it, look again soon.
+                again := least(again, 0.01);
+                CONTINUE;
+            END IF;
+            IF cfg.paused THEN
+                CONTINUE;
             END IF;
             limited := cfg.rate > 0 OR cfg.concurrency IS NOT NULL
                        OR cfg.key_rate IS NOT NULL OR cfg.key_concurrency IS NOT NULL;
@@ -286,7 +337,9 @@ BEGIN
         horizon := clock + make_interval(secs => pace_ahead);
         slot := NULL; gap := NULL; key_gap := NULL;
         IF limited AND cfg.rate > 0 THEN
-            slot := greatest(clock, cfg.next_start_at);
+            -- A slot is never in the past when the worker gets it: 2 ms ahead
+            -- at least, or jobs claimed after an idle spell would start at once.
+            slot := greatest(clock + interval '2 milliseconds', cfg.next_start_at);
             gap := make_interval(secs => 1 / cfg.rate);
             IF slot > horizon THEN
                 again := least(again, extract(epoch FROM slot - horizon)::float8);
@@ -298,7 +351,7 @@ BEGIN
         END IF;
         after_key := cursors ->> q;
         ids := '{}'; starts := '{}'; keys := '{}'; key_slots := '{}';
-        key_held := '{}'; key_taken := '{}'; capped := false;
+        key_held := '{}'; key_taken := '{}'; capped := false; more := false;
 
         -- Candidates, round-robin by key: up to 200 keys after the last one
         -- this session took (then from the first), and the jobs without a
@@ -306,64 +359,76 @@ BEGIN
         -- first, then oldest.
         FOR cand IN
             WITH RECURSIVE after_cursor AS (
-                (SELECT j.limit_key FROM notifyworker.jobs AS j
-                 WHERE j.status = 'new' AND j.queue = q AND j.limit_key IS NOT NULL
-                   AND j.limit_key > coalesce(after_key, '')
-                 ORDER BY j.limit_key LIMIT 1)
+                (SELECT coalesce(j.limit_key, '') AS turn_key FROM notifyworker.jobs AS j
+                 WHERE j.status = 'new' AND j.queue = q
+                   AND coalesce(j.limit_key, '') > coalesce(after_key, '')
+                 ORDER BY coalesce(j.limit_key, '') LIMIT 1)
                 UNION ALL
-                SELECT (SELECT j.limit_key FROM notifyworker.jobs AS j
-                        WHERE j.status = 'new' AND j.queue = q AND j.limit_key IS NOT NULL
-                          AND j.limit_key > a.limit_key
-                        ORDER BY j.limit_key LIMIT 1)
-                FROM after_cursor AS a WHERE a.limit_key IS NOT NULL
+                SELECT (SELECT coalesce(j.limit_key, '') FROM notifyworker.jobs AS j
+                        WHERE j.status = 'new' AND j.queue = q
+                          AND coalesce(j.limit_key, '') > a.turn_key
+                        ORDER BY coalesce(j.limit_key, '') LIMIT 1)
+                FROM after_cursor AS a WHERE a.turn_key IS NOT NULL
             ), from_first AS (
-                (SELECT j.limit_key FROM notifyworker.jobs AS j
-                 WHERE j.status = 'new' AND j.queue = q AND j.limit_key IS NOT NULL
-                   AND j.limit_key <= after_key
-                 ORDER BY j.limit_key LIMIT 1)
+                (SELECT coalesce(j.limit_key, '') AS turn_key FROM notifyworker.jobs AS j
+                 WHERE j.status = 'new' AND j.queue = q
+                   AND coalesce(j.limit_key, '') > '' AND coalesce(j.limit_key, '') <= after_key
+                 ORDER BY coalesce(j.limit_key, '') LIMIT 1)
                 UNION ALL
-                SELECT (SELECT j.limit_key FROM notifyworker.jobs AS j
-                        WHERE j.status = 'new' AND j.queue = q AND j.limit_key IS NOT NULL
-                          AND j.limit_key > f.limit_key AND j.limit_key <= after_key
-                        ORDER BY j.limit_key LIMIT 1)
-                FROM from_first AS f WHERE f.limit_key IS NOT NULL
+                SELECT (SELECT coalesce(j.limit_key, '') FROM notifyworker.jobs AS j
+                        WHERE j.status = 'new' AND j.queue = q
+                          AND coalesce(j.limit_key, '') > f.turn_key
+                          AND coalesce(j.limit_key, '') <= after_key
+                        ORDER BY coalesce(j.limit_key, '') LIMIT 1)
+                FROM from_first AS f WHERE f.turn_key IS NOT NULL
             ), visited AS (
-                -- In turn order; the LIMIT stops both walks (they run lazily).
-                (SELECT a.limit_key FROM after_cursor AS a WHERE a.limit_key IS NOT NULL
+                -- Keys in turn order, no more than the budget (the LIMIT stops
+                -- both walks: they run lazily), then the jobs without a key.
+                (SELECT a.turn_key FROM after_cursor AS a WHERE a.turn_key IS NOT NULL
                  UNION ALL
-                 SELECT f.limit_key FROM from_first AS f WHERE f.limit_key IS NOT NULL
-                 LIMIT 200)
+                 SELECT f.turn_key FROM from_first AS f WHERE f.turn_key IS NOT NULL
+                 LIMIT least(budget, 200))
                 UNION ALL
-                SELECT NULL::text
+                SELECT ''
             ), turns AS (
-                SELECT v.limit_key, row_number() OVER () AS turn FROM visited AS v
+                SELECT v.turn_key, row_number() OVER () AS turn FROM visited AS v
             ), shares AS (
-                SELECT t.limit_key, t.turn,
+                SELECT t.turn_key, t.turn,
                        ceil(budget::float8 / (SELECT count(*) FROM turns))::integer AS share,
-                       CASE WHEN t.limit_key IS NOT NULL AND cfg.key_concurrency IS NOT NULL
+                       CASE WHEN t.turn_key <> '' AND cfg.key_concurrency IS NOT NULL
                             THEN (SELECT count(*) FROM notifyworker.jobs AS j
                                   WHERE j.status IN ('queued', 'running') AND j.queue = q
-                                    AND j.limit_key = t.limit_key)::integer
+                                    AND j.limit_key = t.turn_key)::integer
                        END AS held
                 FROM turns AS t
             )
-            SELECT c.id, s.limit_key, s.held
+            -- A key at its key_concurrency gives no job (and locks none); it
+            -- still gives a row, without a job, to say so.
+            SELECT c.id, nullif(s.turn_key, '') AS limit_key, s.held,
+                   c.id IS NULL AND s.held >= cfg.key_concurrency AS at_limit,
+                   count(c.id) OVER (PARTITION BY s.turn) = s.share AS full_share
             FROM shares AS s
-            CROSS JOIN LATERAL (
+            LEFT JOIN LATERAL (
                 SELECT l.id, l.priority, l.run_at,
                        row_number() OVER (ORDER BY l.priority DESC, l.run_at, l.id) AS rank
                 FROM (
                     SELECT j.id, j.priority, j.run_at FROM notifyworker.jobs AS j
-                    WHERE j.status = 'new' AND j.queue = q AND j.run_at <= now()
-                      AND ((s.limit_key IS NULL AND j.limit_key IS NULL)
-                           OR j.limit_key = s.limit_key)
+                    WHERE j.status = 'new' AND j.queue = q
+                      AND coalesce(j.limit_key, '') = s.turn_key AND j.run_at <= now()
                     ORDER BY j.priority DESC, j.run_at, j.id
-                    LIMIT s.share
+                    LIMIT CASE WHEN s.held >= cfg.key_concurrency THEN 0 ELSE s.share END
                     FOR UPDATE SKIP LOCKED
                 ) AS l
-            ) AS c
-            ORDER BY c.priority DESC, c.rank, s.turn
+            ) AS c ON true
+            ORDER BY c.priority DESC NULLS LAST, c.rank, s.turn
         LOOP
+            IF cand.at_limit THEN
+                capped := true;
+            END IF;
+            IF cand.full_share THEN
+                more := true;  -- this key may have more than its share gave
+            END IF;
+            CONTINUE WHEN cand.id IS NULL;
             EXIT WHEN cardinality(ids) >= budget;
             IF slot > horizon THEN
                 again := least(again, extract(epoch FROM slot - horizon)::float8);
@@ -418,6 +483,9 @@ BEGIN
                       AND budget < left_over) THEN
             again := least(again, 0.05);  -- places held elsewhere may free up
         END IF;
+        IF more AND cardinality(ids) < budget THEN
+            again := least(again, 0.0);  -- shares left room a second claim can fill
+        END IF;
         IF slot IS NOT NULL THEN
             UPDATE notifyworker.queues AS c SET next_start_at = slot WHERE c.name = q;
         END IF;
@@ -441,9 +509,9 @@ BEGIN
                CASE WHEN pg_column_size(c.payload) <= max_payload_bytes THEN c.payload::text END,
                pg_column_size(c.payload), extract(epoch FROM c.timeout)::float8,
                c.queued_at, c.created_at, c.attempts, c.max_attempts, c.queue, c.limit_key,
-               CASE WHEN c.start_at IS NOT NULL
-                    THEN greatest(extract(epoch FROM c.start_at - clock_timestamp())::float8, 0)
-               END,
+               -- From the claim's start (now()), which the worker knows as the
+               -- moment it sent the claim: the answer's delay moves no slot.
+               extract(epoch FROM c.start_at - now())::float8,
                NULL::float8
         FROM claimed AS c;
         GET DIAGNOSTICS got = ROW_COUNT;

@@ -40,20 +40,105 @@ SELECT status AS was,
 FROM notifyworker.jobs
 WHERE id = %(id)s;
 
--- === The fleet's rate (`rate`) ===
+-- === Queues (`queue`, `queues`, `rate`) ===
+-- A queue's settings are its row of notifyworker.queues, for the whole fleet
+-- (0014_queues.sql); workers read them with every claim. The application role
+-- may read them, only the operator (the owner) change them.
+
+-- set_queue --
+-- What `notifyworker queue NAME --rate … --pause …` runs: the row, created if
+-- need be, with the settings %(changes)s names (a key with a null value
+-- clears that limit) and the others left as they are. The table's CHECKs
+-- have the last word on the values; paused and the limits wake the fleet
+-- (queues_changed_notify) and move updated_at (queue_changed_v1).
+INSERT INTO notifyworker.queues AS q (name, rate, concurrency, key_rate, key_concurrency, paused)
+VALUES (
+    %(name)s::text,
+    (%(changes)s::jsonb ->> 'rate')::float8,
+    (%(changes)s::jsonb ->> 'concurrency')::integer,
+    (%(changes)s::jsonb ->> 'key_rate')::float8,
+    (%(changes)s::jsonb ->> 'key_concurrency')::integer,
+    coalesce((%(changes)s::jsonb ->> 'paused')::boolean, false)
+)
+ON CONFLICT (name) DO UPDATE SET
+    rate = CASE WHEN %(changes)s::jsonb ? 'rate' THEN excluded.rate ELSE q.rate END,
+    concurrency = CASE WHEN %(changes)s::jsonb ? 'concurrency'
+                       THEN excluded.concurrency ELSE q.concurrency END,
+    key_rate = CASE WHEN %(changes)s::jsonb ? 'key_rate' THEN excluded.key_rate ELSE q.key_rate END,
+    key_concurrency = CASE WHEN %(changes)s::jsonb ? 'key_concurrency'
+                           THEN excluded.key_concurrency ELSE q.key_concurrency END,
+    paused = CASE WHEN %(changes)s::jsonb ? 'paused' THEN excluded.paused ELSE q.paused END
+RETURNING name;
+
+-- list_queues --
+-- `notifyworker queues` (and `queue NAME`, %(name)s; NULL: every queue): each
+-- queue with a row, with waiting jobs or with jobs held on workers, however
+-- large the table. The queues with waiting jobs are found by skipping along
+-- jobs_waiting (one probe per queue), their waiting jobs counted there up to
+-- %(cap)s + 1 (more is "cap+"); held jobs (queued, running) are counted through
+-- jobs_held_by_queue; the pickup p50 (started_at - created_at, as
+-- models.pickup_seconds) is of the jobs finished in the last 5 minutes, read
+-- through jobs_finished (status, finished_at).
+WITH RECURSIVE waiting_queues AS (
+    (SELECT j.queue FROM notifyworker.jobs AS j WHERE j.status = 'new' ORDER BY j.queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.queue FROM notifyworker.jobs AS j
+            WHERE j.status = 'new' AND j.queue > w.queue
+            ORDER BY j.queue LIMIT 1)
+    FROM waiting_queues AS w
+    WHERE w.queue IS NOT NULL
+), held AS (
+    SELECT j.queue, count(*) AS held
+    FROM notifyworker.jobs AS j
+    WHERE j.status IN ('queued', 'running')
+    GROUP BY j.queue
+), names AS (
+    SELECT c.name FROM notifyworker.queues AS c
+    UNION
+    SELECT w.queue FROM waiting_queues AS w WHERE w.queue IS NOT NULL
+    UNION
+    SELECT h.queue FROM held AS h
+    UNION
+    SELECT %(name)s::text WHERE %(name)s::text IS NOT NULL
+), recent AS (
+    SELECT j.queue,
+           percentile_cont(0.5) WITHIN GROUP (
+               ORDER BY greatest(extract(epoch FROM j.started_at - j.created_at), 0)
+           ) * 1000 AS pickup_p50_ms
+    FROM notifyworker.jobs AS j
+    WHERE j.status IN ('done', 'failed', 'cancelled')
+      AND j.finished_at > now() - interval '5 minutes'
+      AND j.started_at IS NOT NULL
+    GROUP BY j.queue
+)
+SELECT n.name, c.name IS NOT NULL AS configured, c.rate, c.concurrency, c.key_rate,
+       c.key_concurrency, coalesce(c.paused, false) AS paused,
+       (SELECT count(*) FROM (
+            SELECT FROM notifyworker.jobs AS j
+            WHERE j.status = 'new' AND j.queue = n.name
+            LIMIT %(cap)s + 1) AS w)::integer AS waiting,
+       coalesce(h.held, 0)::integer AS held, r.pickup_p50_ms, c.updated_at
+FROM names AS n
+LEFT JOIN notifyworker.queues AS c ON c.name = n.name
+LEFT JOIN held AS h ON h.queue = n.name
+LEFT JOIN recent AS r ON r.queue = n.name
+WHERE %(name)s::text IS NULL OR n.name = %(name)s::text
+ORDER BY n.name;
 
 -- set_rate --
--- What `notifyworker rate N` runs; workers pick it up with their next heartbeat.
-INSERT INTO notifyworker.settings (name, value) VALUES ('rate', %(rate)s)
-ON CONFLICT (name) DO UPDATE SET value = excluded.value;
+-- What `notifyworker rate N` runs: the default queue's fleet rate (0:
+-- unpaced), its row created if need be; every claim reads it.
+INSERT INTO notifyworker.queues (name, rate) VALUES ('default', %(rate)s::float8)
+ON CONFLICT (name) DO UPDATE SET rate = excluded.rate;
 
 -- reset_rate --
--- What `notifyworker rate --reset` runs: each worker goes back to its own rate.
-DELETE FROM notifyworker.settings WHERE name = 'rate';
+-- What `notifyworker rate --reset` runs: the default queue goes back to each
+-- worker's own rate (its other settings stay).
+UPDATE notifyworker.queues SET rate = NULL WHERE name = 'default';
 
 -- get_rate --
--- The rate set cluster-wide, if any.
-SELECT value FROM notifyworker.settings WHERE name = 'rate';
+-- The default queue's fleet rate; no row, or NULL: each worker's own.
+SELECT rate AS value FROM notifyworker.queues WHERE name = 'default';
 
 -- === Reports (`jobs`, `job`, `up`) ===
 
@@ -70,11 +155,10 @@ LIMIT %(limit)s;
 -- every job. Each filter given that an index serves bounds the scan: status
 -- `new` (jobs_waiting), `queued` and `running` (jobs_on_worker), `failed` and
 -- `cancelled` (jobs_failed_or_cancelled), object_id (jobs_object_id). The
--- others (task, status `done`) have no index, which every job would pay for
--- on every write: alone, they walk the primary key down from the newest job,
--- no further than %(from_id)s (window_start; 0 when an index bounds the scan).
--- Queues do not exist yet: every job is in `default`, so only that name
--- matches until the queue column lands.
+-- others (task, queue, status `done`) have no index of their own (a queue's
+-- waiting and held jobs do: jobs_waiting, jobs_held_by_queue, by status):
+-- alone, they walk the primary key down from the newest job, no further than
+-- %(from_id)s (window_start; 0 when an index bounds the scan).
 SELECT id, task, object_id, payload, status, attempts, max_attempts, created_at, queued_at,
        started_at, finished_at, cancelled_at, error
 FROM notifyworker.jobs
@@ -82,7 +166,7 @@ WHERE id >= %(from_id)s
   AND (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(task)s::text IS NULL OR task = %(task)s::text)
   AND (%(object_id)s::text IS NULL OR object_id = %(object_id)s::text)
-  AND (%(queue)s::text IS NULL OR %(queue)s::text = 'default')
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
@@ -98,7 +182,7 @@ FROM (SELECT id FROM notifyworker.jobs ORDER BY id DESC LIMIT %(window)s) AS lat
 SELECT id, task, object_id, payload, status, attempts, max_attempts, lost_claims, worker_id,
        extract(epoch FROM timeout)::float8 AS timeout, run_at, created_at, queued_at,
        started_at, finished_at, cancelled_at, retries, retried_at, attempts_before_retry,
-       error_before_retry, error, result
+       error_before_retry, error, result, queue, priority, limit_key
 FROM notifyworker.jobs
 WHERE id = %(id)s;
 

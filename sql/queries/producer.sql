@@ -8,25 +8,30 @@
 -- waiting or running job gives that job's id instead of a second job.
 SELECT notifyworker.enqueue(
     %(task)s::text, %(payload)s::jsonb, %(object_id)s::text, %(timeout)s::interval,
-    %(max_attempts)s::integer, %(run_at)s::timestamptz, %(unique_key)s::text
+    %(max_attempts)s::integer, %(run_at)s::timestamptz, %(unique_key)s::text,
+    %(queue)s::text, %(priority)s::integer, %(limit_key)s::text
 ) AS id;
 
 -- enqueue_jobs --
 -- Many jobs in one statement, all or none: their ids in the order given.
 SELECT notifyworker.enqueue_many(
     %(tasks)s::text[], %(payloads)s::jsonb[], %(object_ids)s::text[], %(timeouts)s::interval[],
-    %(max_attempts_each)s::integer[], %(run_ats)s::timestamptz[], %(unique_keys)s::text[]
+    %(max_attempts_each)s::integer[], %(run_ats)s::timestamptz[], %(unique_keys)s::text[],
+    %(queues)s::text[], %(priorities)s::integer[], %(limit_keys)s::text[]
 ) AS ids;
 
 -- enqueue_job_keyless --
 -- One job without a unique_key: the plain INSERT itself, a third of the time
 -- of the function's way in. A NULL option takes the column's default (the
 -- same copy of them as enqueue_many's: tests/test_producer.py checks all three).
-INSERT INTO notifyworker.jobs (task, payload, object_id, timeout, max_attempts, run_at)
+INSERT INTO notifyworker.jobs
+    (task, payload, object_id, timeout, max_attempts, run_at, queue, priority, limit_key)
 VALUES (
     %(task)s::text, coalesce(%(payload)s::jsonb, '{}'), %(object_id)s::text,
     coalesce(%(timeout)s::interval, interval '10 seconds'),
-    coalesce(%(max_attempts)s::integer, 1), coalesce(%(run_at)s::timestamptz, now())
+    coalesce(%(max_attempts)s::integer, 1), coalesce(%(run_at)s::timestamptz, now()),
+    coalesce(%(queue)s::text, 'default'), coalesce(%(priority)s::integer, 0),
+    %(limit_key)s::text
 )
 RETURNING id;
 
@@ -35,14 +40,18 @@ RETURNING id;
 -- handed out in insertion order, which is the order given, so the sorted ids
 -- are the jobs in order (as enqueue_many's keyless branch).
 WITH inserted AS (
-    INSERT INTO notifyworker.jobs (task, payload, object_id, timeout, max_attempts, run_at)
+    INSERT INTO notifyworker.jobs
+        (task, payload, object_id, timeout, max_attempts, run_at, queue, priority, limit_key)
     SELECT r.task, coalesce(r.payload, '{}'), r.object_id,
            coalesce(r.timeout, interval '10 seconds'), coalesce(r.max_attempts, 1),
-           coalesce(r.run_at, now())
+           coalesce(r.run_at, now()), coalesce(r.queue, 'default'), coalesce(r.priority, 0),
+           r.limit_key
     FROM unnest(
         %(tasks)s::text[], %(payloads)s::jsonb[], %(object_ids)s::text[], %(timeouts)s::interval[],
-        %(max_attempts_each)s::integer[], %(run_ats)s::timestamptz[]
-    ) WITH ORDINALITY AS r (task, payload, object_id, timeout, max_attempts, run_at, n)
+        %(max_attempts_each)s::integer[], %(run_ats)s::timestamptz[], %(queues)s::text[],
+        %(priorities)s::integer[], %(limit_keys)s::text[]
+    ) WITH ORDINALITY AS r (task, payload, object_id, timeout, max_attempts, run_at, queue,
+                            priority, limit_key, n)
     ORDER BY r.n
     RETURNING id
 )

@@ -97,9 +97,9 @@ SELECT left_jobs FROM left_behind;
 -- parsed once by the task's own model, and not at all when its stored size is
 -- over the worker's limit (read from the datum's header, without detoasting
 -- it): the consumer fails it as oversized, and the claim stays cheap.
--- start_in: seconds until the job's fleet start slot (NULL: the worker's own
--- pace); a last row without a job says when to claim again (claim_again_in)
--- after a limit held jobs back.
+-- start_in: seconds from the claim's start to the job's fleet start slot
+-- (NULL: the worker's own pace); a last row without a job says when to claim
+-- again (claim_again_in) after a limit held jobs back.
 SELECT id, task, payload, stored_bytes, timeout, queued_at, created_at, attempts,
        max_attempts, queue, start_in, claim_again_in
 FROM notifyworker.claim_v1(

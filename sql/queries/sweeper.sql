@@ -139,3 +139,15 @@ GROUP BY d.status;
 UPDATE notifyworker.pruner
 SET due_at = clock_timestamp() + make_interval(secs => %(pause)s),
     pruned_at = clock_timestamp(), pruned_by = %(worker_id)s;
+
+-- prune_queue_keys --
+-- Per-key start slots long past hold nothing (a slot in the past is now):
+-- the pruner deletes a batch of them with each of its batches, so a key seen
+-- once does not keep a row for ever.
+DELETE FROM notifyworker.queue_keys
+WHERE (queue, key) IN (
+    SELECT queue, key FROM notifyworker.queue_keys
+    WHERE next_start_at < clock_timestamp() - interval '1 minute'
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+);
