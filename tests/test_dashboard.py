@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -255,3 +258,22 @@ async def test_a_database_that_goes_away_is_a_page_that_says_so_and_recovers(
         with anyio.fail_after(60):
             while (await client.get("/")).status_code != 200:
                 await anyio.sleep(0.2)
+
+
+def test_the_command_refuses_a_bad_or_busy_port_in_one_line(database_url: str) -> None:
+    command = [sys.executable, "-m", "notifyworker", "dashboard", "--database-url", database_url]
+    bad = subprocess.run([*command, "--port", "70000"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "notifyworker: error: invalid settings: port: Input should be less than or equal to 65535"
+    ]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        busy = subprocess.run(
+            [*command, "--port", port], capture_output=True, text=True, check=False
+        )
+    assert busy.returncode == 2
+    last = busy.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"notifyworker: error: the dashboard cannot listen on 127.0.0.1:{port}")
