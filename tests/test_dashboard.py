@@ -233,7 +233,8 @@ async def test_a_database_that_goes_away_is_a_page_that_says_so_and_recovers(
     database_url: str, conn: psycopg.Connection[Any], server_url: str
 ) -> None:
     name = str(conninfo_to_dict(database_url)["dbname"])
-    async with dashboard(database_url) as client:
+    job = insert(conn)
+    async with dashboard(database_url, token=TOKEN) as client:
         assert (await client.get("/")).status_code == 200
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(
@@ -249,6 +250,11 @@ async def test_a_database_that_goes_away_is_a_page_that_says_so_and_recovers(
             gone = await client.get("/")
             assert gone.status_code == 503
             assert "The database is not answering" in gone.text
+            # An action then is a page that says so too, not a server error.
+            bearer = {"authorization": f"Bearer {TOKEN}"}
+            acted = await client.post(f"/jobs/{job}/cancel", headers=bearer)
+            assert acted.status_code == 503
+            assert "the database is not answering" in acted.text
             admin.execute(
                 sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
                     sql.Identifier(name)

@@ -30,7 +30,7 @@ from notifyworker.config import DashboardSettings
 from notifyworker.dashboard.security import Guard
 from notifyworker.dashboard.views import Views
 from notifyworker.db import Database
-from notifyworker.errors import BadRequest, Forbidden
+from notifyworker.errors import BadRequest, DatabaseError, Forbidden
 from notifyworker.health import serve
 
 HERE = Path(__file__).parent
@@ -64,6 +64,11 @@ def make_app(db: Database, guard: Guard) -> Starlette:
     async def not_found(request: Request, exc: Exception) -> Response:
         return views.render_error(request, 404, f"there is no page {request.url.path}")
 
+    async def no_database(request: Request, exc: Exception) -> Response:
+        # An action while the database is away (a page says so by itself); it may not
+        # have reached the table: the page, once the database answers, shows whether it did.
+        return views.render_error(request, 503, f"the database is not answering: {exc}")
+
     routes = [
         Route("/", views.overview),
         Route("/jobs", views.jobs),
@@ -83,7 +88,12 @@ def make_app(db: Database, guard: Guard) -> Starlette:
     return Starlette(
         routes=routes,
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=_headers)],
-        exception_handlers={Forbidden: refused, BadRequest: bad, 404: not_found},
+        exception_handlers={
+            Forbidden: refused,
+            BadRequest: bad,
+            DatabaseError: no_database,
+            404: not_found,
+        },
     )
 
 

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 MAX_FORM_BYTES = 4096
 # Longest text filter taken from a query string (task and queue names are at most 200).
 MAX_FILTER_LENGTH = 200
+ERROR_TITLES = {400: "Bad request", 403: "Refused", 404: "Not found", 503: "No database"}
 
 
 class Views:
@@ -201,14 +202,9 @@ class Views:
         problem = f"there is no job {job_id}"
         return self._render(request, "error", "No such job", {"problem": problem}, 404)
 
-    def render_error(self, request: Request, status: int, problem: str, **extra: Any) -> Response:
-        return self._render(
-            request,
-            "error",
-            "Refused" if status == 403 else "Bad request",
-            {"problem": problem, **extra},
-            status,
-        )
+    def render_error(self, request: Request, status: int, problem: str) -> Response:
+        title = ERROR_TITLES.get(status, "Error")
+        return self._render(request, "error", title, {"problem": problem}, status)
 
     def _render(
         self, request: Request, page: str, title: str, context: dict[str, Any], status: int = 200
