@@ -161,9 +161,16 @@ def test_a_job_appears_and_moves_on_without_a_reload(
         for n in range(6):
             insert(conn, "work", {"seconds": 0.1 * n}, queue="mail" if n % 2 else "default")
         insert(conn, "flaky", {"n": 1})
-        until(
-            lambda: scalar(conn, "SELECT count(*) FROM notifyworker.jobs WHERE status = 'new'") == 0
+        insert(conn, "work", {"seconds": 60}, queue="mail")
+        conn.execute(
+            "INSERT INTO notifyworker.jobs (task, run_at)"
+            " VALUES ('work', now() + interval '1 hour')"
         )
+        conn.execute(
+            "INSERT INTO notifyworker.queues (name, rate, paused) VALUES ('reports', 5, true)"
+        )
+        finished = "SELECT count(*) FROM notifyworker.jobs WHERE status IN ('done', 'failed')"
+        until(lambda: scalar(conn, finished) == 8)
         log_in(page, base)
         page.wait_for_selector('tr[data-queue="mail"]')
         page.screenshot(path=str(DOCS / "dashboard-overview.png"), full_page=True)

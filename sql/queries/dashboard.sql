@@ -85,18 +85,28 @@ FROM (
 GROUP BY status;
 
 -- dashboard_throughput --
--- Jobs finished in each of the last 15 minutes, by how they ended: a range
--- of jobs_finished (status, finished_at), read from the index alone. Its
--- cost is the jobs finished in those 15 minutes, not the table.
-SELECT extract(epoch FROM date_bin('1 minute', finished_at, 'epoch'))::bigint AS minute,
-       count(*) FILTER (WHERE status = 'done') AS done,
-       count(*) FILTER (WHERE status = 'failed') AS failed,
-       count(*) FILTER (WHERE status = 'cancelled') AS cancelled
-FROM notifyworker.jobs
-WHERE status IN ('done', 'failed', 'cancelled')
-  AND finished_at > date_bin('1 minute', now(), 'epoch') - interval '14 minutes'
-GROUP BY 1
-ORDER BY 1;
+-- Jobs finished in each of the last 15 minutes (this one included, oldest
+-- first, a row for every minute), by how they ended: a range of
+-- jobs_finished (status, finished_at), read from the index alone. Its cost
+-- is the jobs finished in those 15 minutes, not the table.
+WITH finished AS (
+    SELECT date_bin('1 minute', finished_at, 'epoch') AS minute, status
+    FROM notifyworker.jobs
+    WHERE status IN ('done', 'failed', 'cancelled')
+      AND finished_at >= date_bin('1 minute', now(), 'epoch') - interval '14 minutes'
+)
+SELECT extract(epoch FROM m.minute)::bigint AS minute,
+       count(f.status) FILTER (WHERE f.status = 'done') AS done,
+       count(f.status) FILTER (WHERE f.status = 'failed') AS failed,
+       count(f.status) FILTER (WHERE f.status = 'cancelled') AS cancelled
+FROM generate_series(
+    date_bin('1 minute', now(), 'epoch') - interval '14 minutes',
+    date_bin('1 minute', now(), 'epoch'),
+    interval '1 minute'
+) AS m (minute)
+LEFT JOIN finished AS f ON f.minute = m.minute
+GROUP BY m.minute
+ORDER BY m.minute;
 
 -- dashboard_pickup --
 -- Pickup latency (started_at - created_at, as models.pickup_seconds) of the
