@@ -68,21 +68,24 @@ class Demand:
         return self._inflight.free
 
     def released(self) -> None:
-        """A consumer gave up a slot: claim again if a backlog may exist.
+        """A consumer gave up a slot: claim again if a backlog may exist."""
+        if self.more_waiting:
+            self._wake.set()
 
-        Also when the last claim said a limit held jobs back: this slot may
-        be the limit's place that was missing.
+    def held_back(self, seconds: float) -> None:
+        """The claim's limits held jobs back: claim in `seconds`, or once outcomes are written."""
+        self._held_back = True
+        self.due_in(seconds)
+
+    def outcomes_recorded(self) -> None:
+        """Outcomes reached the table: a place a limit held back may be free now.
+
+        Not at the consumer's release: the limit counts the table, which
+        still holds the job until its outcome is written.
         """
         if self._held_back:
             self._held_back = False
             self.work_arrived()
-        elif self.more_waiting:
-            self._wake.set()
-
-    def held_back(self, seconds: float) -> None:
-        """The claim's limits held jobs back: claim in `seconds`, or when a slot frees."""
-        self._held_back = True
-        self.due_in(seconds)
 
     def claimed(self, asked: int, got: int, generation: int) -> None:
         """Book a claim; a short claim means empty, unless work arrived meanwhile."""
