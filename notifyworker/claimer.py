@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 # enough that one claim serves a tenth of a second of starts, near enough that
 # a worker that dies holding them leaves only that gap in the fleet's pace.
 PACE_AHEAD = 0.1
+# A claim that left room it knows more jobs could fill says so with this
+# (claim_again_in): the claimer claims again at once, not on a timer.
+CLAIM_AGAIN_NOW = 0.001
 
 
 def claimed_jobs(rows: list[Row]) -> tuple[list[ClaimedJob], float | None]:
@@ -149,7 +152,9 @@ class Claimer:
         asked, generation, sent_at, rows = claim
         jobs, again = claimed_jobs(rows)
         self._demand.claimed(asked, len(jobs), generation)
-        if again is not None:
+        if again is not None and again <= CLAIM_AGAIN_NOW:
+            self._demand.work_arrived(wake=False)  # room left that a second claim fills
+        elif again is not None:
             self._demand.held_back(again)  # a limit held jobs back: look again then
         for job in jobs:
             # A fleet slot is the database's; the worker's own limiter paces

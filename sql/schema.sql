@@ -927,13 +927,15 @@ BEGIN
                 FROM from_first AS f WHERE f.turn_key IS NOT NULL
             ), visited AS (
                 -- Keys in turn order, no more than the budget (the LIMIT stops
-                -- both walks: they run lazily), then the jobs without a key.
+                -- both walks: they run lazily), then the jobs without a key, if any.
                 (SELECT a.turn_key FROM after_cursor AS a WHERE a.turn_key IS NOT NULL
                  UNION ALL
                  SELECT f.turn_key FROM from_first AS f WHERE f.turn_key IS NOT NULL
                  LIMIT least(budget, 200))
                 UNION ALL
-                SELECT ''
+                SELECT '' WHERE EXISTS (
+                    SELECT FROM notifyworker.jobs AS j
+                    WHERE j.status = 'new' AND j.queue = q AND coalesce(j.limit_key, '') = '')
             ), turns AS (
                 SELECT v.turn_key, row_number() OVER () AS turn FROM visited AS v
             ), shares AS (
