@@ -29,7 +29,6 @@ SAMPLES: dict[str, Any] = {
     "pace_ahead": 0.1,
     "dead_after": "15 seconds",
     "free_slots": 3,
-    "queues": None,
     "retry_backoff": 0.1,
     "retry_backoff_max": 1.0,
     "lost_claims_limit": 5,

@@ -48,7 +48,7 @@ def register_worker(
         worker_id=worker_id,
         host=host,
         pid=pid,
-        queues=None if queues is None else list(queues),
+        serve=None if queues is None else list(queues),
         free_slots=free_slots,
     )
 
@@ -72,7 +72,7 @@ def heartbeat(
         "heartbeat",
         worker_id=worker_id,
         free_slots=free_slots,
-        queues=None if queues is None else list(queues),
+        serve=None if queues is None else list(queues),
         dead_after=f"{dead_after_seconds} seconds",
     )
     if row is None:

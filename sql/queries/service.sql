@@ -29,11 +29,11 @@ SELECT version FROM notifyworker.migrations ORDER BY version;
 -- register_worker --
 -- Enters this process in the registry the sweeper reads; again, after a
 -- sweeper declared it dead (its row was removed, its jobs rescued). What it
--- serves (%(queues)s, NULL: every queue) and its free slots (NULL until its
+-- serves (%(serve)s, NULL: every queue) and its free slots (NULL until its
 -- first beat: no new job wakes it before then) are what the fleet reads to
 -- agree on whom a new job wakes.
 INSERT INTO notifyworker.workers (id, host, pid, queues, free_slots)
-VALUES (%(worker_id)s, %(host)s, %(pid)s, %(queues)s::text[], %(free_slots)s)
+VALUES (%(worker_id)s, %(host)s, %(pid)s, %(serve)s::text[], %(free_slots)s)
 ON CONFLICT (id) DO UPDATE
 SET heartbeat_at = clock_timestamp(), queues = excluded.queues, free_slots = excluded.free_slots;
 
@@ -61,7 +61,7 @@ SELECT pg_notify('notifyworker_ping', %(token)s);
 -- === Liveness and the fleet ===
 
 -- heartbeat --
--- Proves this worker alive and publishes what it serves (%(queues)s, NULL:
+-- Proves this worker alive and publishes what it serves (%(serve)s, NULL:
 -- every queue) and its free consumer slots; brings back, in the same round
 -- trip, the other live workers a new job may wake (the wake-up token: free
 -- slots, every queue served, a beat within %(dead_after)s). No row when a
@@ -70,7 +70,7 @@ SELECT pg_notify('notifyworker_ping', %(token)s);
 -- (notifyworker.queues), not the beat's.
 WITH beat AS (
     UPDATE notifyworker.workers
-    SET heartbeat_at = clock_timestamp(), queues = %(queues)s::text[],
+    SET heartbeat_at = clock_timestamp(), queues = %(serve)s::text[],
         free_slots = %(free_slots)s
     WHERE id = %(worker_id)s
     RETURNING id
