@@ -109,7 +109,7 @@ class Claimer:
             try:
                 while True:
                     if uncertain or anyio.current_time() >= reconcile_at:
-                        uncertain = not await self._release_lost_claims()
+                        uncertain = not await self._release_lost_claims(after_failure=uncertain)
                         reconcile_at = anyio.current_time() + self._reconcile_interval
                         continue
                     wake_at = min(
@@ -167,7 +167,7 @@ class Claimer:
                 held = self._inflight.claimed(job, NO_TICKET, sent_at + job.start_in)
             send.send_nowait(held)
 
-    async def _release_lost_claims(self) -> bool:
+    async def _release_lost_claims(self, *, after_failure: bool) -> bool:
         """Requeue this worker's `queued` jobs it does not know; False while that fails."""
         try:
             released = await self._recorder.release_lost_claims(self._inflight.job_ids())
@@ -178,5 +178,6 @@ class Claimer:
             log.warning(
                 "%d job(s) claimed here but unknown to this worker went back to the queue", released
             )
-        self._demand.work_arrived()  # claim again at once
+        if released or after_failure:
+            self._demand.work_arrived()  # claim again at once: jobs went back, or a claim failed
         return True

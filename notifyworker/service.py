@@ -151,6 +151,7 @@ class Worker:
             poll_interval=settings.poll_interval,
             reconcile_interval=settings.heartbeat_interval,
             max_payload_bytes=settings.max_payload_bytes,
+            serve=settings.queues,
         )  # fmt: skip
         consumers_share = ConsumerContext(
             registry=self.registry,

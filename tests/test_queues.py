@@ -333,3 +333,18 @@ def test_jobs_of_a_higher_priority_not_yet_due_never_hold_the_claim_back(
     )
     due = scalar(conn, "INSERT INTO notifyworker.jobs (task) VALUES ('ledger') RETURNING id")
     assert [row[0] for row in claim(conn, 5)] == [due]
+
+
+async def test_a_worker_given_queues_serves_only_those(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    calls = Calls()
+    settings = fast_settings(database_url, queues=("mine",))
+    async with running_worker(settings, calls.registry):
+        conn.execute(
+            "INSERT INTO notifyworker.jobs (task, queue, payload) VALUES"
+            " ('record', 'other', '{\"n\": 1}'), ('record', 'mine', '{\"n\": 2}')"
+        )
+        await eventually(lambda: calls.started == [2])
+        # The job of the queue it was not given was never claimed.
+        assert scalar(conn, "SELECT status FROM notifyworker.jobs WHERE queue = 'other'") == "new"
