@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 # enough that one claim serves a tenth of a second of starts, near enough that
 # a worker that dies holding them leaves only that gap in the fleet's pace.
 PACE_AHEAD = 0.1
+# A claim that left room it knows more jobs could fill says so with this
+# (claim_again_in): the claimer claims again at once, not on a timer.
+CLAIM_AGAIN_NOW = 0.001
 
 
 def claimed_jobs(rows: list[Row]) -> tuple[list[ClaimedJob], float | None]:
@@ -106,7 +109,7 @@ class Claimer:
             try:
                 while True:
                     if uncertain or anyio.current_time() >= reconcile_at:
-                        uncertain = not await self._release_lost_claims()
+                        uncertain = not await self._release_lost_claims(after_failure=uncertain)
                         reconcile_at = anyio.current_time() + self._reconcile_interval
                         continue
                     wake_at = min(
@@ -149,7 +152,9 @@ class Claimer:
         asked, generation, sent_at, rows = claim
         jobs, again = claimed_jobs(rows)
         self._demand.claimed(asked, len(jobs), generation)
-        if again is not None:
+        if again is not None and again <= CLAIM_AGAIN_NOW:
+            self._demand.work_arrived(wake=False)  # room left that a second claim fills
+        elif again is not None:
             self._demand.held_back(again)  # a limit held jobs back: look again then
         for job in jobs:
             # A fleet slot is the database's; the worker's own limiter paces
@@ -162,7 +167,7 @@ class Claimer:
                 held = self._inflight.claimed(job, NO_TICKET, sent_at + job.start_in)
             send.send_nowait(held)
 
-    async def _release_lost_claims(self) -> bool:
+    async def _release_lost_claims(self, *, after_failure: bool) -> bool:
         """Requeue this worker's `queued` jobs it does not know; False while that fails."""
         try:
             released = await self._recorder.release_lost_claims(self._inflight.job_ids())
@@ -173,5 +178,6 @@ class Claimer:
             log.warning(
                 "%d job(s) claimed here but unknown to this worker went back to the queue", released
             )
-        self._demand.work_arrived()  # claim again at once
+        if released or after_failure:
+            self._demand.work_arrived()  # claim again at once: jobs went back, or a claim failed
         return True

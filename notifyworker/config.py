@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     tasks: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="Modules to import that register task handlers (comma-separated)."
     )
+    queues: Annotated[tuple[str, ...] | None, NoDecode] = Field(
+        default=None,
+        description="Queues this worker serves (comma-separated); unset: every queue.",
+    )
     backend: Literal["trio", "asyncio"] = Field(
         default="trio",
         description="The event loop: trio, or asyncio for handlers that await asyncio libraries.",
@@ -199,6 +203,27 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _split_queues(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return None  # an empty variable, as a template leaves it: every queue
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("queues")
+    @classmethod
+    def _queue_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("give at least one queue name, or leave it unset for every queue")
+        for name in value:
+            if problem := queue_name_problem(name):
+                raise ValueError(problem)
+        return tuple(dict.fromkeys(value))  # each once, in the order given
+
     @model_validator(mode="after")
     def _one_database_url(self) -> Self:
         # ConfigError, not ValueError: pydantic passes it through, so the message stays
@@ -230,6 +255,15 @@ class Settings(BaseSettings):
         if self.database_url is None:
             raise ConfigError("DATABASE_URL is not set")
         return self.database_url.get_secret_value()
+
+
+def queue_name_problem(name: str) -> str | None:
+    """What is wrong with a queue name, as the queues' CHECK says it (0014_queues.sql)."""
+    if not 1 <= len(name) <= 100:
+        return f"a queue name is 1 to 100 characters (got {len(name)})"
+    if any(ch in name for ch in " \t\r\n\x0b\f"):
+        return f"a queue name has no whitespace: {name!r}"
+    return None
 
 
 def _read_url(path: Path) -> str:

@@ -43,6 +43,15 @@ class Pacing(Protocol):
     def rate(self) -> float: ...
 
 
+class Claiming(Protocol):
+    @property
+    def claims(self) -> int: ...
+    @property
+    def empty_claims(self) -> int: ...
+    @property
+    def passed_on(self) -> int: ...
+
+
 class Readings(Collector):
     """Metric families whose values are read from callbacks when scraped."""
 
@@ -106,4 +115,18 @@ class Readings(Collector):
             "notifyworker_rate",
             "Job starts per second this worker allows; 0 = unlimited.",
             lambda: limiter.rate,
+        )
+
+    def claims(self, demand: Claiming) -> None:
+        """The claims this worker ran: how many wake-ups a job costs the database."""
+        self.counter("notifyworker_claims", "Claims this worker ran.", lambda: demand.claims)
+        self.counter(
+            "notifyworker_claims_empty",
+            "Claims that found no job (woken for a job another worker took, or a poll).",
+            lambda: demand.empty_claims,
+        )
+        self.counter(
+            "notifyworker_wakes_passed_on",
+            "New jobs whose token chose this worker while it was full: the whole fleet was woken.",
+            lambda: demand.passed_on,
         )

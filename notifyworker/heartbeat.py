@@ -1,4 +1,9 @@
-"""The worker's heartbeat: what tells the sweeper this worker is alive."""
+"""The worker's heartbeat: what tells the sweeper this worker is alive, and the fleet who is free.
+
+Each beat publishes this worker's free slots and queues and reads the other
+free workers back (one statement), which is what a new job's wake-up token
+is decided over (`Demand.job_inserted`).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,7 @@ from notifyworker import store
 from notifyworker.backoff import Retrying
 from notifyworker.db import Database
 from notifyworker.demand import Demand
-from notifyworker.limiter import FixedIntervalLimiter
-from notifyworker.models import WorkerId, rate_problem
+from notifyworker.models import WorkerId
 from notifyworker.ownership import Ownership
 
 log = logging.getLogger(__name__)
@@ -25,20 +29,21 @@ log = logging.getLogger(__name__)
 STALE_WAIT = 5.0
 
 
-async def register(db: Database, worker_id: WorkerId) -> None:
-    await db.run(store.register_worker, worker_id, socket.gethostname(), os.getpid())
+async def register(
+    db: Database, worker_id: WorkerId, queues: tuple[str, ...] | None = None
+) -> None:
+    await db.run(store.register_worker, worker_id, socket.gethostname(), os.getpid(), queues)
 
 
 async def beat_forever(
     db: Database,
     worker_id: WorkerId,
     interval: float,
-    limiter: FixedIntervalLimiter,
-    own_rate: float,
+    dead_after: float,
     ownership: Ownership,
     demand: Demand,
 ) -> NoReturn:
-    """Beat every `interval`; follow the cluster-wide rate; re-register if declared dead.
+    """Beat every `interval`, publishing the free slots and reading the fleet; re-register if dead.
 
     Each beat also has every held attempt checked against the table, so a
     cancel notification that was lost costs at most one beat. Being declared
@@ -48,43 +53,37 @@ async def beat_forever(
     worker), so a job's new attempt never runs beside its stale one here.
     """
     retrying = Retrying("heartbeat")
-    refused: str | None = None  # the bad rate setting last warned about
     while True:
         await anyio.sleep(interval)
         try:
-            beat = await db.run(store.heartbeat, worker_id)
+            free = demand.published_free
+            beat = await db.run(store.heartbeat, worker_id, free, demand.queues, dead_after)
             if not beat.alive:
                 log.error("worker %s was declared dead by a sweeper; registering again", worker_id)
+                demand.fleet_lost()
                 stale = await ownership.stop_stale(STALE_WAIT)
                 if stale:
                     log.warning("stopped %d stale job(s) another worker may now run", stale)
-                await register(db, worker_id)
+                await register(db, worker_id, demand.queues)
                 demand.work_arrived()
                 continue
+            demand.fleet_seen(beat.wakeable, free)
             ownership.ask_all()
-            refused = follow_rate(limiter, own_rate if beat.rate is None else beat.rate, refused)
         except Exception as exc:  # noqa: BLE001 - the heartbeat outlives every failure
             await retrying.failed(exc)
             continue
         retrying.succeeded()
 
 
-def follow_rate(limiter: FixedIntervalLimiter, rate: float, refused: str | None) -> str | None:
-    """Apply a rate read from the database, unless it breaks the rule; the one refused.
+async def pass_wakes_on(db: Database, demand: Demand) -> NoReturn:
+    """Wake the whole fleet whenever a new job's token designated this worker while it was full.
 
-    The table is not ours alone (an old schema's CHECK, a superuser's UPDATE),
-    and a worker must never die of what it reads there: a bad value is warned
-    about once, and the worker keeps the rate it has.
+    Tokens that come while one wake is sent fold into the next one. A wake
+    that fails to send is not retried: the others' poll finds the job.
     """
-    if problem := rate_problem(rate):
-        if repr(rate) != refused:  # repr: NaN equals no NaN, but 'nan' equals 'nan'
-            log.warning(
-                "ignoring the rate set in notifyworker.settings (%s); keeping %g jobs/s",
-                problem,
-                limiter.rate,
-            )
-        return repr(rate)
-    if rate != limiter.rate:
-        log.info("rate changed: %g → %g jobs/s", limiter.rate, rate)
-        limiter.rate = rate
-    return None
+    while True:
+        await demand.wakes_to_pass()
+        try:
+            await db.run(store.wake_fleet)
+        except Exception as exc:  # noqa: BLE001 - the next poll covers a lost wake
+            log.warning("could not pass a wake-up on to the fleet: %s", exc)

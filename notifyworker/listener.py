@@ -8,7 +8,9 @@ delays a job by one poll interval at most and never loses it.
 NOTIFY needs no privilege: any role that can connect may send anything on
 these channels. So every payload is parsed strictly, nothing a notification
 carries can stop the listener, and a cancel is only a reason to ask the
-table (see `ownership`), never an order.
+table (see `ownership`), never an order. An insert's wake-up token only
+chooses which worker claims first (see `rendezvous`): a forged one costs a
+claim, never a job.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from notifyworker.backoff import Retrying
 from notifyworker.db import ListenConnection
 from notifyworker.demand import Demand
 from notifyworker.models import JobId
+from notifyworker.rendezvous import parse_token
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,13 @@ def _dispatch(
 ) -> None:
     try:
         if channel == JOBS_CHANNEL:
-            demand.work_arrived()
+            # An insert's token wakes the one worker it designates; any other
+            # payload (a retry, a requeue, a queue's change, a stranger's) wakes all.
+            token = parse_token(payload)
+            if token is None:
+                demand.work_arrived()
+            else:
+                demand.job_inserted(token)
         elif channel == CANCEL_CHANNEL:
             job_id = parse_job_id(payload)
             if job_id is not None:

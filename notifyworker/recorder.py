@@ -167,6 +167,8 @@ class Recorder:
                 self.writing_since = None
             self._flushed.set()
             self._flushed = anyio.Event()
+            if finishes:
+                self._demand.outcomes_recorded()
             for seconds in flushed.retries_in:
                 self._demand.due_in(seconds)
             for job_id, claimed_at in flushed.refused:

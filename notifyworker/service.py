@@ -36,7 +36,7 @@ from notifyworker.db import Database, ListenConnection, redact
 from notifyworker.demand import Demand
 from notifyworker.handover import Receiver, Sender, open_handover
 from notifyworker.health import Readiness, make_app, serve, silent
-from notifyworker.heartbeat import beat_forever
+from notifyworker.heartbeat import beat_forever, pass_wakes_on
 from notifyworker.inflight import Held, InFlight, Stage
 from notifyworker.limiter import FixedIntervalLimiter
 from notifyworker.listener import deaf, listen
@@ -136,7 +136,9 @@ class Worker:
         self, db: Database, root: anyio.abc.TaskGroup, task_status: anyio.abc.TaskStatus[WorkerId]
     ) -> None:
         settings, inflight = self.settings, self.inflight
-        demand = Demand(inflight)
+        demand = Demand(
+            inflight, self.worker_id, queues=settings.queues, fleet_ttl=settings.dead_worker_after
+        )
         recorder = Recorder(db, self.worker_id, inflight, self.retry, demand)
         ownership = Ownership(db, self.worker_id, inflight)
         sweeper = Sweeper(
@@ -149,6 +151,7 @@ class Worker:
             poll_interval=settings.poll_interval,
             reconcile_interval=settings.heartbeat_interval,
             max_payload_bytes=settings.max_payload_bytes,
+            serve=settings.queues,
         )  # fmt: skip
         consumers_share = ConsumerContext(
             registry=self.registry,
@@ -174,6 +177,7 @@ class Worker:
             "Times the event loop was blocked (by a handler's blocking call) for over a second.",
             lambda: loopwatch.stalls,
         )
+        self.metrics.readings.claims(demand)
         # Room for every job the claimer may hold (it claims no more than the free
         # slots), so handing a batch over never blocks and costs no task switch.
         send: Sender[Held]
@@ -181,7 +185,7 @@ class Worker:
         send, recv = open_handover(settings.concurrency)
         root.start_soon(
             beat_forever, db, self.worker_id, settings.heartbeat_interval,
-            self.limiter, settings.rate, ownership, demand,
+            settings.dead_worker_after, ownership, demand,
         )  # fmt: skip
         try:
             # The listener and the sweeper outlive the consumers: while jobs run out
@@ -191,6 +195,7 @@ class Worker:
                     listen, listener, demand, ownership.ask, ownership.ask_all,
                     settings.listener_check_interval,
                 )  # fmt: skip
+                watchers.start_soon(pass_wakes_on, db, demand)
                 watchers.start_soon(sweeper.sweep_forever)
                 watchers.start_soon(scheduler.run_forever)
                 if settings.retention().rules():
@@ -218,6 +223,7 @@ class Worker:
                             settings.shutdown_grace,
                         )
                         consumers_share.stop_starting()
+                        demand.stop_claiming()
                         claiming.cancel_scope.cancel()
                 # Every outcome is in the table before this worker signs off.
                 with anyio.move_on_after(FINAL_WRITE_LIMIT):

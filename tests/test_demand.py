@@ -37,3 +37,19 @@ async def test_free_slots_follow_the_jobs_held() -> None:
     inflight.release(first)
     demand.released()
     assert (demand.free, inflight.job_ids()) == (2, {2})
+
+
+async def test_a_claim_held_back_by_a_limit_claims_again_once_outcomes_are_written() -> None:
+    demand = Demand(InFlight(10))
+    demand.claimed(asked=10, got=2, generation=demand.generation)
+    demand.held_back(60.0)
+    assert not demand.more_waiting
+    demand.released()  # the table still counts the job: no claim yet
+    assert not demand.more_waiting
+    demand.outcomes_recorded()
+    assert demand.more_waiting
+    with anyio.fail_after(1):
+        await demand.wait()
+    demand.claimed(asked=10, got=0, generation=demand.generation)  # the table is empty now
+    demand.outcomes_recorded()  # once: no claim per flush while nothing is held back
+    assert not demand.more_waiting

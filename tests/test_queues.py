@@ -302,10 +302,10 @@ def test_a_queue_row_held_by_another_transaction_never_stalls_the_claim(
     assert [row[1] for row in claim(conn, 10)] == ["held"]
 
 
-def test_one_key_alone_fills_the_claim_over_two_claims(
+def test_a_few_keys_fill_the_claim(
     worker_row: psycopg.Connection[Any],
 ) -> None:
-    """Shares leave room when few keys wait: the claim says to look again at once."""
+    """Shares that leave room say to claim again at once."""
     conn = worker_row
     conn.execute(
         "INSERT INTO notifyworker.jobs (task, limit_key)"
@@ -314,8 +314,13 @@ def test_one_key_alone_fills_the_claim_over_two_claims(
     rows = claim(conn, 10)
     jobs = [row for row in rows if row[0] is not None]
     again = [row[4] for row in rows if row[0] is None]
-    assert 0 < len(jobs) < 10  # the key's share, half (the jobs without a key had the other)
-    assert again == [pytest.approx(0.001)]
+    assert len(jobs) == 10  # no jobs without a key wait: the key's share is the whole claim
+    assert again == []
+    conn.execute("INSERT INTO notifyworker.jobs (task) VALUES ('ledger')")
+    rows = claim(conn, 10)
+    # Now two turns share the claim: half each, the key's half full, so look again at once.
+    assert len([row for row in rows if row[0] is not None]) == 6
+    assert [row[4] for row in rows if row[0] is None] == [pytest.approx(0.001)]
 
 
 def test_jobs_of_a_higher_priority_not_yet_due_never_hold_the_claim_back(
@@ -328,3 +333,18 @@ def test_jobs_of_a_higher_priority_not_yet_due_never_hold_the_claim_back(
     )
     due = scalar(conn, "INSERT INTO notifyworker.jobs (task) VALUES ('ledger') RETURNING id")
     assert [row[0] for row in claim(conn, 5)] == [due]
+
+
+async def test_a_worker_given_queues_serves_only_those(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    calls = Calls()
+    settings = fast_settings(database_url, queues=("mine",))
+    async with running_worker(settings, calls.registry):
+        conn.execute(
+            "INSERT INTO notifyworker.jobs (task, queue, payload) VALUES"
+            " ('record', 'other', '{\"n\": 1}'), ('record', 'mine', '{\"n\": 2}')"
+        )
+        await eventually(lambda: calls.started == [2])
+        # The job of the queue it was not given was never claimed.
+        assert scalar(conn, "SELECT status FROM notifyworker.jobs WHERE queue = 'other'") == "new"

@@ -28,6 +28,7 @@ SAMPLES: dict[str, Any] = {
     "serve": None,
     "pace_ahead": 0.1,
     "dead_after": "15 seconds",
+    "free_slots": 3,
     "retry_backoff": 0.1,
     "retry_backoff_max": 1.0,
     "lost_claims_limit": 5,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import anyio
 import psycopg
-import pytest
 
 from notifyworker.models import FINAL_STATUSES
 from tests.helpers import Calls, eventually, fast_settings, running_worker, scalar
@@ -253,82 +251,3 @@ async def test_worker_recovers_when_all_its_backends_are_terminated(
     assert killed >= 3
     assert calls.started == [1, 2]
     assert status(conn, second) == "done"
-
-
-async def test_rate_set_in_the_database_reaches_running_workers(
-    database_url: str, conn: psycopg.Connection[Any]
-) -> None:
-    calls = Calls()
-    async with running_worker(fast_settings(database_url, rate=50), calls.registry) as worker:
-        assert worker.limiter.rate == 50
-        conn.execute("INSERT INTO notifyworker.settings (name, value) VALUES ('rate', 7)")
-        await eventually(lambda: worker.limiter.rate == 7)
-        conn.execute("DELETE FROM notifyworker.settings")
-        await eventually(lambda: worker.limiter.rate == 50)  # back to its own rate
-        job = insert(conn, "record", '{"n": 1}')
-        await finished(conn, job)
-    assert calls.started == [1]
-
-
-async def next_beat(conn: psycopg.Connection[Any], worker_id: str) -> None:
-    """Until the worker has beaten again, and so read the settings again."""
-
-    def beat() -> Any:
-        query = "SELECT heartbeat_at FROM notifyworker.workers WHERE id = %s"
-        return scalar(conn, query, worker_id)
-
-    seen = beat()
-    await eventually(lambda: beat() > seen)
-
-
-async def test_a_bad_rate_in_the_database_never_stops_a_worker(
-    database_url: str, conn: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, logger="notifyworker")
-
-    def refusals() -> list[str]:
-        return [m for r in caplog.records if "ignoring the rate" in (m := r.getMessage())]
-
-    async def refused(times: int) -> None:
-        await eventually(lambda: len(refusals()) == times)
-
-    # An old schema's CHECK, or a superuser: the table may hold what the rule refuses.
-    conn.execute("ALTER TABLE notifyworker.settings DROP CONSTRAINT rate_in_bounds")
-    calls = Calls()
-    async with running_worker(fast_settings(database_url, rate=50), calls.registry) as worker:
-        conn.execute("INSERT INTO notifyworker.settings (name, value) VALUES ('rate', 7)")
-        await eventually(lambda: worker.limiter.rate == 7)
-        bad = ["'NaN'", "'Infinity'", "'-Infinity'", "1e-320", "-1", "100001"]
-        for n, value in enumerate(bad, start=1):
-            conn.execute(f"UPDATE notifyworker.settings SET value = {value}")
-            await refused(n)  # read, and refused
-            # Two more beats with the same bad value: no second warning, and still working.
-            await next_beat(conn, worker.worker_id)
-            await next_beat(conn, worker.worker_id)
-            await finished(conn, insert(conn, "record", f'{{"n": {n}}}'))
-            assert worker.limiter.rate == 7  # kept the rate it had
-        conn.execute("UPDATE notifyworker.settings SET value = 20")
-        await eventually(lambda: worker.limiter.rate == 20)  # a good value is followed again
-    assert calls.started == list(range(1, len(bad) + 1))
-    assert len(refusals()) == len(bad)  # once per distinct bad value, not once per beat
-    assert all("rate must be" in w and "keeping 7 jobs/s" in w for w in refusals())
-
-
-async def test_jobs_waiting_at_a_slow_rate_start_soon_after_it_is_reset(
-    database_url: str, conn: psycopg.Connection[Any]
-) -> None:
-    calls = Calls()
-    settings = fast_settings(database_url, rate=50, concurrency=5)
-    async with running_worker(settings, calls.registry) as worker:
-        conn.execute("INSERT INTO notifyworker.settings (name, value) VALUES ('rate', 0.001)")
-        await eventually(lambda: worker.limiter.rate == 0.001)
-        jobs = [insert(conn, "record", f'{{"n": {n}}}') for n in range(1, 5)]
-        claimed = "SELECT count(*) FROM notifyworker.jobs WHERE status <> 'new'"
-        await eventually(lambda: scalar(conn, claimed) == len(jobs))
-        assert len(calls.started) <= 1  # the next slot is 1,000 s away: the rest wait
-        conn.execute("DELETE FROM notifyworker.settings")  # `notifyworker rate --reset`
-        # Re-planned at 50/s: a couple of heartbeats (0.2 s each) and some slack, not 1,000 s.
-        with anyio.fail_after(10 * settings.heartbeat_interval):
-            for job in jobs:
-                await finished(conn, job)
-    assert sorted(calls.started) == [1, 2, 3, 4]

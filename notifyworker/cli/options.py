@@ -57,6 +57,15 @@ Tasks = Annotated[
     list[str] | None,
     typer.Option("--tasks", help="Module to import for task handlers (repeatable)."),
 ]
+Queues = Annotated[
+    str | None,
+    typer.Option(
+        "--queues",
+        help="Queues this worker serves, comma-separated, e.g. email,sms "
+        "(env: NOTIFYWORKER_QUEUES; default: every queue).",
+        show_default=False,
+    ),
+]
 LogLevel = Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")]
 Backend = Annotated[
     str | None,

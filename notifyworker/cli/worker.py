@@ -22,6 +22,7 @@ from notifyworker.cli.options import (
     DatabaseUrlFile,
     LogLevel,
     PollInterval,
+    Queues,
     Rate,
     ShutdownGrace,
     Tasks,
@@ -69,6 +70,7 @@ def run(
     poll_interval: PollInterval = None,
     shutdown_grace: ShutdownGrace = None,
     tasks: Tasks = None,
+    queues: Queues = None,
     log_level: LogLevel = None,
     backend: Backend = None,
 ) -> None:
@@ -81,6 +83,7 @@ def run(
         poll_interval=poll_interval,
         shutdown_grace=shutdown_grace,
         tasks=tuple(tasks) if tasks else None,
+        queues=queues,
         log_level=log_level,
         backend=backend,
     )
@@ -115,6 +118,7 @@ def up(
     concurrency: Concurrency = None,
     rate: Rate = None,
     shutdown_grace: ShutdownGrace = None,
+    queues: Queues = None,
     log_level: LogLevel = None,
     backend: Backend = None,
     dashboard: Annotated[
@@ -133,6 +137,7 @@ def up(
         concurrency=concurrency,
         rate=rate,
         shutdown_grace=shutdown_grace,
+        queues=queues,
         data_dir=data_dir,
         log_level=log_level,
         backend=backend,

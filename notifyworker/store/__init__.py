@@ -23,6 +23,7 @@ from notifyworker.store.jobs import (
     requeue_unstarted,
     sweep,
     unregister_worker,
+    wake_fleet,
 )
 from notifyworker.store.retention import PRUNE_MIN_PAUSE, PruneRound, prune, prune_round
 from notifyworker.store.schedules import (
@@ -54,4 +55,5 @@ __all__ = [
     "skip_ticks",
     "sweep",
     "unregister_worker",
+    "wake_fleet",
 ]

@@ -35,19 +35,54 @@ SWEEP_BATCH = 500
 LOST_CLAIMS_LIMIT = 5
 
 
-def register_worker(s: Session, worker_id: WorkerId, host: str, pid: int) -> None:
-    s.execute("register_worker", worker_id=worker_id, host=host, pid=pid)
+def register_worker(
+    s: Session,
+    worker_id: WorkerId,
+    host: str,
+    pid: int,
+    queues: tuple[str, ...] | None = None,
+    free_slots: int | None = None,
+) -> None:
+    s.execute(
+        "register_worker",
+        worker_id=worker_id,
+        host=host,
+        pid=pid,
+        serve=None if queues is None else list(queues),
+        free_slots=free_slots,
+    )
 
 
 @dataclass(frozen=True)
 class Beat:
     alive: bool  # False: a sweeper declared this worker dead
-    rate: float | None  # the cluster-wide rate setting, if any
+    # The other live workers a new job may wake: free, serving every queue.
+    wakeable: tuple[WorkerId, ...] = ()
 
 
-def heartbeat(s: Session, worker_id: WorkerId) -> Beat:
-    row = s.one("heartbeat", worker_id=worker_id)
-    return Beat(alive=row is not None, rate=None if row is None else row["rate"])
+def heartbeat(
+    s: Session,
+    worker_id: WorkerId,
+    free_slots: int,
+    queues: tuple[str, ...] | None,
+    dead_after_seconds: float,
+) -> Beat:
+    """One beat: alive or not, publishing the free slots and queues, reading the fleet."""
+    row = s.one(
+        "heartbeat",
+        worker_id=worker_id,
+        free_slots=free_slots,
+        serve=None if queues is None else list(queues),
+        dead_after=f"{dead_after_seconds} seconds",
+    )
+    if row is None:
+        return Beat(alive=False)
+    return Beat(alive=True, wakeable=tuple(WorkerId(w) for w in row["wakeable"]))
+
+
+def wake_fleet(s: Session) -> None:
+    """Wake every worker: a new job's token designated this one, which has no room."""
+    s.rows("notify_jobs", reason="wake")
 
 
 def unregister_worker(s: Session, worker_id: WorkerId) -> bool:

@@ -210,12 +210,13 @@ DECLARE
         nullif(current_setting('notifyworker.key_cursors', true), ''), '{}')::jsonb;
     after_key text;
     last_key text;
-    cand record;
+    found_ids bigint[];     -- the candidates, in the order they are taken
+    found_keys text[];
+    found_next timestamptz[];
     ids bigint[];
     starts timestamptz[];
     keys text[];
     key_slots timestamptz[];
-    key_held integer[];
     key_taken integer[];
     k integer;
     kslot timestamptz;
@@ -351,14 +352,13 @@ BEGIN
         END IF;
         after_key := cursors ->> q;
         ids := '{}'; starts := '{}'; keys := '{}'; key_slots := '{}';
-        key_held := '{}'; key_taken := '{}'; capped := false; more := false;
+        key_taken := '{}';
 
         -- Candidates, round-robin by key: up to 200 keys after the last one
         -- this session took (then from the first), and the jobs without a
         -- key; each gives an equal share of the budget, highest priority
         -- first, then oldest.
-        FOR cand IN
-            WITH RECURSIVE after_cursor AS (
+        WITH RECURSIVE after_cursor AS (
                 (SELECT coalesce(j.limit_key, '') AS turn_key FROM notifyworker.jobs AS j
                  WHERE j.status = 'new' AND j.queue = q
                    AND coalesce(j.limit_key, '') > coalesce(after_key, '')
@@ -383,13 +383,15 @@ BEGIN
                 FROM from_first AS f WHERE f.turn_key IS NOT NULL
             ), visited AS (
                 -- Keys in turn order, no more than the budget (the LIMIT stops
-                -- both walks: they run lazily), then the jobs without a key.
+                -- both walks: they run lazily), then the jobs without a key, if any.
                 (SELECT a.turn_key FROM after_cursor AS a WHERE a.turn_key IS NOT NULL
                  UNION ALL
                  SELECT f.turn_key FROM from_first AS f WHERE f.turn_key IS NOT NULL
                  LIMIT least(budget, 200))
                 UNION ALL
-                SELECT ''
+                SELECT '' WHERE EXISTS (
+                    SELECT FROM notifyworker.jobs AS j
+                    WHERE j.status = 'new' AND j.queue = q AND coalesce(j.limit_key, '') = '')
             ), turns AS (
                 SELECT v.turn_key, row_number() OVER () AS turn FROM visited AS v
             ), shares AS (
@@ -399,14 +401,19 @@ BEGIN
                             THEN (SELECT count(*) FROM notifyworker.jobs AS j
                                   WHERE j.status IN ('queued', 'running') AND j.queue = q
                                     AND j.limit_key = t.turn_key)::integer
-                       END AS held
+                       END AS held,
+                       CASE WHEN t.turn_key <> '' AND cfg.key_rate IS NOT NULL
+                            THEN (SELECT qk.next_start_at FROM notifyworker.queue_keys AS qk
+                                  WHERE qk.queue = q AND qk.key = t.turn_key)
+                       END AS key_next
                 FROM turns AS t
-            )
-            -- A key at its key_concurrency gives no job (and locks none); it
-            -- still gives a row, without a job, to say so.
-            SELECT c.id, nullif(s.turn_key, '') AS limit_key, s.held,
-                   c.id IS NULL AND s.held >= cfg.key_concurrency AS at_limit,
-                   count(c.id) OVER (PARTITION BY s.turn) = s.share AS full_share
+            -- A key gives no more jobs than its free places under
+            -- key_concurrency (none at it, and it locks none), and says so.
+            ), candidates AS (
+            SELECT c.id, nullif(s.turn_key, '') AS limit_key, s.key_next,
+                   s.share > coalesce(cfg.key_concurrency - s.held, s.share) AS at_limit,
+                   count(c.id) OVER (PARTITION BY s.turn) = s.share AS full_share,
+                   row_number() OVER (ORDER BY c.priority DESC NULLS LAST, c.rank, s.turn) AS ord
             FROM shares AS s
             LEFT JOIN LATERAL (
                 SELECT l.id, l.priority, l.run_at,
@@ -416,64 +423,75 @@ BEGIN
                     WHERE j.status = 'new' AND j.queue = q
                       AND coalesce(j.limit_key, '') = s.turn_key AND j.run_at <= now()
                     ORDER BY j.priority DESC, j.run_at, j.id
-                    LIMIT CASE WHEN s.held >= cfg.key_concurrency THEN 0 ELSE s.share END
+                    LIMIT greatest(least(s.share, cfg.key_concurrency - s.held), 0)
                     FOR UPDATE SKIP LOCKED
                 ) AS l
             ) AS c ON true
-            ORDER BY c.priority DESC NULLS LAST, c.rank, s.turn
-        LOOP
-            IF cand.at_limit THEN
-                capped := true;
-            END IF;
-            IF cand.full_share THEN
-                more := true;  -- this key may have more than its share gave
-            END IF;
-            CONTINUE WHEN cand.id IS NULL;
-            EXIT WHEN cardinality(ids) >= budget;
-            IF slot > horizon THEN
-                again := least(again, extract(epoch FROM slot - horizon)::float8);
-                EXIT;
-            END IF;
-            kslot := NULL;
-            k := NULL;
-            IF cand.limit_key IS NOT NULL AND (key_gap IS NOT NULL OR cand.held IS NOT NULL) THEN
-                k := array_position(keys, cand.limit_key);
-                IF k IS NULL THEN
-                    keys := keys || cand.limit_key;
-                    k := cardinality(keys);
-                    key_held := key_held || coalesce(cand.held, 0);
-                    key_taken := key_taken || 0;
-                    key_slots := key_slots || CASE WHEN key_gap IS NOT NULL THEN greatest(clock, (
-                        SELECT qk.next_start_at FROM notifyworker.queue_keys AS qk
-                        WHERE qk.queue = q AND qk.key = cand.limit_key)) END;
-                END IF;
-                IF key_held[k] + key_taken[k] >= cfg.key_concurrency THEN
-                    capped := true;
-                    CONTINUE;
-                END IF;
-                kslot := key_slots[k];
-                IF kslot > horizon THEN
-                    again := least(again, extract(epoch FROM kslot - horizon)::float8);
-                    CONTINUE;
-                END IF;
-                key_taken[k] := key_taken[k] + 1;
-            END IF;
-            start_at := greatest(slot, kslot);  -- NULL when neither paces it
-            IF start_at IS NULL AND cfg.rate = 0 THEN
-                start_at := clock;  -- unpaced: not even the worker's own limiter
-            END IF;
-            ids := ids || cand.id;
-            starts := starts || start_at;
+        )
+        SELECT coalesce(array_agg(x.id ORDER BY x.ord) FILTER (WHERE x.id IS NOT NULL), '{}'),
+               coalesce(array_agg(x.limit_key ORDER BY x.ord) FILTER (WHERE x.id IS NOT NULL), '{}'),
+               coalesce(array_agg(x.key_next ORDER BY x.ord) FILTER (WHERE x.id IS NOT NULL), '{}'),
+               coalesce(bool_or(x.at_limit), false), coalesce(bool_or(x.full_share), false)
+        INTO found_ids, found_keys, found_next, capped, more
+        FROM candidates AS x;
+        IF key_gap IS NULL THEN
+            -- One slot after another (if the queue has a rate), in the order found.
             IF slot IS NOT NULL THEN
-                slot := start_at + gap;
+                budget := least(budget,
+                                floor(extract(epoch FROM horizon - slot) * cfg.rate)::integer + 1);
             END IF;
-            IF kslot IS NOT NULL THEN
-                key_slots[k] := start_at + key_gap;
+            ids := found_ids[1:budget];
+            starts := ARRAY(
+                SELECT CASE WHEN slot IS NOT NULL THEN slot + (n - 1) * gap
+                            WHEN cfg.rate = 0 THEN clock END  -- unpaced: not even the worker's
+                FROM generate_series(1, cardinality(ids)) AS n);
+            last_key := (SELECT u.k FROM unnest(found_keys[1:budget]) WITH ORDINALITY AS u (k, n)
+                         WHERE u.k IS NOT NULL ORDER BY u.n DESC LIMIT 1);
+            IF slot IS NOT NULL THEN
+                slot := slot + cardinality(ids) * gap;
+                IF cardinality(found_ids) > cardinality(ids) THEN
+                    again := least(again, extract(epoch FROM slot - horizon)::float8);
+                END IF;
             END IF;
-            IF cand.limit_key IS NOT NULL THEN
-                last_key := cand.limit_key;
-            END IF;
-        END LOOP;
+        ELSE
+            -- A key_rate: each key's slots too, one job at a time.
+            FOR i IN 1 .. cardinality(found_ids) LOOP
+                EXIT WHEN cardinality(ids) >= budget;
+                IF slot > horizon THEN
+                    again := least(again, extract(epoch FROM slot - horizon)::float8);
+                    EXIT;
+                END IF;
+                kslot := NULL;
+                IF found_keys[i] IS NOT NULL THEN
+                    k := array_position(keys, found_keys[i]);
+                    IF k IS NULL THEN
+                        keys := keys || found_keys[i];
+                        k := cardinality(keys);
+                        key_taken := key_taken || 0;
+                        key_slots := key_slots || greatest(clock, found_next[i]);
+                    END IF;
+                    kslot := key_slots[k];
+                    IF kslot > horizon THEN
+                        again := least(again, extract(epoch FROM kslot - horizon)::float8);
+                        CONTINUE;
+                    END IF;
+                    key_taken[k] := key_taken[k] + 1;
+                    last_key := found_keys[i];
+                END IF;
+                start_at := greatest(slot, kslot);  -- NULL when neither paces it
+                IF start_at IS NULL AND cfg.rate = 0 THEN
+                    start_at := clock;
+                END IF;
+                ids := ids || found_ids[i];
+                starts := starts || start_at;
+                IF slot IS NOT NULL THEN
+                    slot := start_at + gap;
+                END IF;
+                IF kslot IS NOT NULL THEN
+                    key_slots[k] := start_at + key_gap;
+                END IF;
+            END LOOP;
+        END IF;
 
         IF last_key IS NOT NULL THEN
             cursors := jsonb_set(cursors, ARRAY[q], to_jsonb(last_key));
@@ -502,7 +520,9 @@ BEGIN
             UPDATE notifyworker.jobs AS j
             SET status = 'queued', queued_at = clock_timestamp(), worker_id = worker
             FROM unnest(ids, starts) AS m (id, start_at)
-            WHERE j.id = m.id AND j.status = 'new'
+            -- = ANY: the primary key's index, however small the planner
+            -- thinks the table is (a sequential scan of a big one was 50 ms).
+            WHERE j.id = m.id AND j.id = ANY (ids) AND j.status = 'new'
             RETURNING j.*, m.start_at
         )
         SELECT c.id, c.task,

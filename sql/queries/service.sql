@@ -28,9 +28,14 @@ SELECT version FROM notifyworker.migrations ORDER BY version;
 
 -- register_worker --
 -- Enters this process in the registry the sweeper reads; again, after a
--- sweeper declared it dead (its row was removed, its jobs rescued).
-INSERT INTO notifyworker.workers (id, host, pid) VALUES (%(worker_id)s, %(host)s, %(pid)s)
-ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp();
+-- sweeper declared it dead (its row was removed, its jobs rescued). What it
+-- serves (%(serve)s, NULL: every queue) and its free slots (NULL until its
+-- first beat: no new job wakes it before then) are what the fleet reads to
+-- agree on whom a new job wakes.
+INSERT INTO notifyworker.workers (id, host, pid, queues, free_slots)
+VALUES (%(worker_id)s, %(host)s, %(pid)s, %(serve)s::text[], %(free_slots)s)
+ON CONFLICT (id) DO UPDATE
+SET heartbeat_at = clock_timestamp(), queues = excluded.queues, free_slots = excluded.free_slots;
 
 -- === The listener ===
 
@@ -53,15 +58,30 @@ LISTEN notifyworker_ping;
 -- connection (a silently dropped peer) never would.
 SELECT pg_notify('notifyworker_ping', %(token)s);
 
--- === Liveness and the rate ===
+-- === Liveness and the fleet ===
 
 -- heartbeat --
--- Proves this worker alive, and brings back the rate set with `notifyworker
--- rate` (NULL: none). No row when a sweeper declared the worker dead and
--- removed it; the worker then registers again (its jobs were rescued).
-UPDATE notifyworker.workers SET heartbeat_at = clock_timestamp()
-WHERE id = %(worker_id)s
-RETURNING id, (SELECT value FROM notifyworker.settings WHERE name = 'rate') AS rate;
+-- Proves this worker alive and publishes what it serves (%(serve)s, NULL:
+-- every queue) and its free consumer slots; brings back, in the same round
+-- trip, the other live workers a new job may wake (the wake-up token: free
+-- slots, every queue served, a beat within %(dead_after)s). No row when a
+-- sweeper declared the worker dead and removed it; the worker then registers
+-- again (its jobs were rescued). The fleet's rates are the claim's
+-- (notifyworker.queues), not the beat's.
+WITH beat AS (
+    UPDATE notifyworker.workers
+    SET heartbeat_at = clock_timestamp(), queues = %(serve)s::text[],
+        free_slots = %(free_slots)s
+    WHERE id = %(worker_id)s
+    RETURNING id
+)
+SELECT beat.id, ARRAY(
+    SELECT w.id FROM notifyworker.workers AS w
+    WHERE w.id <> beat.id AND w.queues IS NULL AND w.free_slots > 0
+      AND w.heartbeat_at > clock_timestamp() - %(dead_after)s::interval
+    ORDER BY w.id
+) AS wakeable
+FROM beat;
 
 -- unregister_worker --
 -- A clean exit leaves nothing for the sweeper to rescue: the row goes. A
@@ -215,7 +235,8 @@ WHERE worker_id = %(worker_id)s AND status = 'queued'
 RETURNING id;
 
 -- notify_jobs --
--- Wakes every worker to claim, after jobs went back to the queue.
+-- Wakes every worker to claim: after jobs went back to the queue, or when a
+-- new job's token designated a worker with no free slot (%(reason)s 'wake').
 SELECT pg_notify('notifyworker_jobs', %(reason)s);
 
 -- === Metrics ===
