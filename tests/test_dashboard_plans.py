@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from notifyworker import admin
 from notifyworker.dashboard import reads
 from notifyworker.sqlfiles import query, query_files
 
@@ -33,7 +34,7 @@ SENT: list[tuple[str, dict[str, Any]]] = [
     ("dashboard_jobs", {**JOBS, **FILTERS, "task": "sleep", "floor": 30_000}),
     ("dashboard_jobs", {**JOBS, **FILTERS, "queue": "mail", "floor": 30_000}),
     ("dashboard_jobs", {**JOBS, **FILTERS, "object_id": "image-7"}),
-    ("dashboard_window", {"before": reads.NEWEST, "window": reads.SEARCH_WINDOW}),
+    ("dashboard_window", {"before": reads.NEWEST, "window": admin.SEARCH_WINDOW}),
     ("dashboard_job", {"id": 42}),
     ("dashboard_workers", {}),
 ]

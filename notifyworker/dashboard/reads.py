@@ -9,10 +9,11 @@ same on a table of millions as on an empty one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
+from notifyworker.admin import INDEXED_STATUSES, SEARCH_WINDOW
 from notifyworker.db import Row, Session
-from notifyworker.models import JobId
+from notifyworker.models import FINAL_STATUSES, JobId, JobStatus
 
 # Waiting jobs counted per queue, past which the page says "N+".
 WAITING_CAP = 100_000
@@ -20,12 +21,8 @@ WAITING_CAP = 100_000
 PICKUP_SAMPLE = 1000
 # Jobs one page of the list shows.
 PAGE_SIZE = 50
-# How far back one page may walk the primary key for a filter no index serves.
-SEARCH_WINDOW = 100_000
-# Filters an index serves by itself (see dashboard_jobs).
-INDEXED_STATUSES = frozenset({"new", "queued", "running", "failed", "cancelled"})
-STATUSES = ("new", "queued", "running", "done", "failed", "cancelled")
-FINISHED = frozenset({"done", "failed", "cancelled"})
+# Every status, in the order a job reaches them.
+STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 # Larger than any job id: the first page's `before`.
 NEWEST = 2**63 - 1
 
@@ -71,7 +68,7 @@ def overview(s: Session) -> Overview:
     finished = {row["status"]: row["jobs"] for row in s.rows("dashboard_finished", cap=WAITING_CAP)}
     estimated = sum(finished.values()) >= WAITING_CAP
     if not estimated:
-        counts = {k: v for k, v in counts.items() if k not in FINISHED} | finished
+        counts = {k: v for k, v in counts.items() if k not in FINAL_STATUSES} | finished
     pickup = s.one("dashboard_pickup", sample=PICKUP_SAMPLE)
     assert pickup is not None
     return Overview(
@@ -87,8 +84,9 @@ def jobs_page(s: Session, filters: JobFilters, before: int = NEWEST) -> JobsPage
     """One page of jobs below `before`, newest first, matching every filter given.
 
     A filter no index serves (task, queue, status `done`) walks no more than
-    SEARCH_WINDOW jobs per page; the next page then starts below that window,
-    so paging on always reaches the oldest job without reading the table at once.
+    SEARCH_WINDOW jobs per page, as `notifyworker jobs` does; the next page then
+    starts below that window, so paging on always reaches the oldest job
+    without reading the table at once.
     """
     floor, window = 0, None
     indexed = filters.object_id is not None or filters.status in INDEXED_STATUSES
