@@ -629,19 +629,15 @@ class FleetBench:
     # 7. Claims per job and idle pickup ---------------------------------------------------------
 
     def wake(self) -> str | None:
-        """HOOK: claims per job and idle pickup p50 with 1, 3 and 5 idle processes at
-        20 jobs/s, measured by benchmarks/wake.py (branch q-wake), not duplicated here.
-        Returns that module's markdown (None: not measured). At the merge, with
-        q-wake's measure(server, root, processes, rate, seconds) and report(...):
+        """Claims per job and idle pickup with 1, 3 and 5 idle processes at 20 jobs/s:
+        benchmarks/wake.py's measurement (its own database per fleet size)."""
+        from benchmarks.wake import measure as measure_wake
+        from benchmarks.wake import report as report_wake
 
-            from benchmarks.wake import measure, report
-            seconds = 15.0 if self.sizes.reps > 1 else 5.0
-            runs = [measure(self.bench.server, ROOT, n, 20, seconds) for n in (1, 3, 5)]
-            return report(runs, 20, seconds, ROOT)
-
-        (about 25 s per fleet size at 15 s, 15 s at 5 s; its own database each.)
-        """
-        return None
+        seconds = 15.0 if self.sizes.reps > 1 else 5.0
+        sizes = (1, 3, 5) if self.sizes.reps > 1 else (1, 3)
+        runs = [measure_wake(self.bench.server, ROOT, n, 20, seconds) for n in sizes]
+        return report_wake(runs, 20, seconds, ROOT)
 
 
 def rotate(items: list[T], rep: int) -> list[T]:

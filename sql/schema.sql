@@ -130,11 +130,10 @@ CREATE TABLE notifyworker.workers (
     free_slots   integer
 );
 
--- Cluster-wide knobs changed while workers run; every worker reads them with
--- its heartbeat. 'rate': job starts per second per worker (no row: each
--- worker's own), by the rule of notifyworker.models.rate_problem. Since 0014
--- `notifyworker rate` sets the default queue's fleet rate (notifyworker.queues)
--- instead, and the migration moved a rate found here into that row.
+-- Cluster-wide knobs. Unused since 0014: 'rate' (a rate per worker, read
+-- with the heartbeat) became the default queue's fleet rate in
+-- notifyworker.queues, where the migration moved a rate found here; no worker
+-- reads this table any more. Kept, empty, for a knob to come.
 CREATE TABLE notifyworker.settings (
     name  text PRIMARY KEY,
     value double precision NOT NULL,

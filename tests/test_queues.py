@@ -339,11 +339,14 @@ async def test_a_worker_given_queues_serves_only_those(
     database_url: str, conn: psycopg.Connection[Any]
 ) -> None:
     calls = Calls()
-    settings = fast_settings(database_url, queues=("mine",))
+    # An array literal's own characters in a name: quoted on the way, not parsed.
+    mine = 'we"ird,{q}\\'
+    settings = fast_settings(database_url, queues=(mine, "b"))
     async with running_worker(settings, calls.registry):
         conn.execute(
             "INSERT INTO notifyworker.jobs (task, queue, payload) VALUES"
-            " ('record', 'other', '{\"n\": 1}'), ('record', 'mine', '{\"n\": 2}')"
+            " ('record', 'other', '{\"n\": 1}'), ('record', %s, '{\"n\": 2}')",
+            (mine,),
         )
         await eventually(lambda: calls.started == [2])
         # The job of the queue it was not given was never claimed.

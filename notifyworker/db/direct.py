@@ -19,7 +19,7 @@ import psycopg
 import psycopg.abc
 import psycopg.errors
 from psycopg import pq
-from psycopg.adapt import Transformer
+from psycopg.adapt import PyFormat, Transformer
 
 from notifyworker.db.pool import Row, connect
 from notifyworker.db.translate import SOCKET_FAILURES, lost, translated
@@ -47,12 +47,22 @@ class DirectStatement:
         self._conn: psycopg.Connection[Row] | None = None
         self._loader: psycopg.abc.Transformer | None = None
 
+    def _text(self, value: Any) -> bytes | None:
+        """A parameter in PostgreSQL's text form: a list as an array, quoted by psycopg."""
+        if value is None:
+            return None
+        if isinstance(value, list | tuple):
+            assert self._loader is not None
+            items = list(value)
+            return bytes(self._loader.get_dumper(items, PyFormat.TEXT).dump(items) or b"")
+        return str(value).encode()
+
     async def run(self, **params: Any) -> list[Row]:
         """Execute with `params`; rows as dicts. ConnectionLost when it fails."""
         if self._conn is None:
             self._conn = await anyio.to_thread.run_sync(self._connect_sync)
             self._loader = Transformer(self._conn)
-        values = [None if params[p] is None else str(params[p]).encode() for p in self._params]
+        values = [self._text(params[p]) for p in self._params]
         # One scope, shielded and bounded: a cancel scope costs tens of microseconds,
         # and this is the pickup path.
         deadline = anyio.current_time() + DIRECT_STATEMENT_LIMIT
