@@ -183,10 +183,21 @@ CROSS JOIN LATERAL (
     WHERE j.worker_id = w.id AND j.status IN ('queued', 'running')
 ) AS held
 LEFT JOIN (
-    SELECT worker_id, count(*) AS finished
-    FROM notifyworker.jobs
-    WHERE status IN ('done', 'failed', 'cancelled') AND finished_at > now() - interval '1 minute'
-    GROUP BY worker_id
+    -- One range of jobs_finished per status: an equality and a range are what
+    -- the planner reads an index for surely; IN (...) over three statuses
+    -- sometimes lost to a scan of a small table.
+    SELECT f.worker_id, count(*) AS finished
+    FROM (
+        SELECT worker_id FROM notifyworker.jobs
+        WHERE status = 'done' AND finished_at > now() - interval '1 minute'
+        UNION ALL
+        SELECT worker_id FROM notifyworker.jobs
+        WHERE status = 'failed' AND finished_at > now() - interval '1 minute'
+        UNION ALL
+        SELECT worker_id FROM notifyworker.jobs
+        WHERE status = 'cancelled' AND finished_at > now() - interval '1 minute'
+    ) AS f
+    GROUP BY f.worker_id
 ) AS recent ON recent.worker_id = w.id
 ORDER BY w.started_at, w.id
 LIMIT 500;
