@@ -193,7 +193,8 @@ async def test_key_and_queue_concurrency_hold_across_three_worker_processes(
         "INSERT INTO notifyworker.queues (name, concurrency, key_concurrency)"
         " VALUES ('default', 12, 2)"
     )
-    workers = [spawn(database_url, "--rate", "0", "--concurrency", "10") for _ in range(3)]
+    # 4 slots each: the fleet's 12 places need all three workers.
+    workers = [spawn(database_url, "--rate", "0", "--concurrency", "4") for _ in range(3)]
     try:
         await eventually(
             lambda: scalar(conn, "SELECT count(*) FROM notifyworker.workers") == 3, within=30
@@ -214,7 +215,8 @@ async def test_key_and_queue_concurrency_hold_across_three_worker_processes(
     assert [code for code, _ in results] == [0, 0, 0], [err for _, err in results]
     assert _most_at_once(conn, by_key=True) == 2  # reached, never passed
     assert _most_at_once(conn, by_key=False) <= 12
-    # 2 s of work: the workers the wake-up token did not pick joined at their poll.
+    # 2 s of work for 12 places, 4 a worker: the workers the wake-up token did
+    # not pick joined at their poll.
     assert scalar(conn, "SELECT count(DISTINCT pid) FROM ledger") == 3
 
 
@@ -230,7 +232,8 @@ async def test_a_fleet_rate_is_never_exceeded_by_three_worker_processes(
         )
         conn.execute(
             "INSERT INTO notifyworker.jobs (task, payload)"
-            " SELECT 'ledger', jsonb_build_object('n', n) FROM generate_series(1, 81) AS n"
+            " SELECT 'ledger', jsonb_build_object('n', n, 'seconds', 0.6)"
+            " FROM generate_series(1, 81) AS n"
         )
         await eventually(
             lambda: (
@@ -247,6 +250,7 @@ async def test_a_fleet_rate_is_never_exceeded_by_three_worker_processes(
         conn, "SELECT extract(epoch FROM max(started_at) - min(started_at)) FROM notifyworker.jobs"
     )
     assert span >= 2.0 * 0.98
+    # 0.6 s jobs at 40/s hold 24 places, 10 a worker: more than one worker ran them.
     assert scalar(conn, "SELECT count(DISTINCT pid) FROM ledger") >= 2
 
 
