@@ -76,12 +76,11 @@ class Demand:
         some queues, or one that does not know the fleet, wakes as before.
         """
         chosen = self._designated(token)
-        if chosen is None or (chosen == self.worker_id and self.free > 0 and self._claiming):
-            self.work_arrived()
-        elif chosen != self.worker_id:
+        if chosen is not None and chosen != self.worker_id:
             self.more_waiting = True
-        else:
-            self.work_arrived()
+            return
+        self.work_arrived()
+        if chosen is not None and not (self.free > 0 and self._claiming):
             self.passed_on += 1
             self._pass_on.set()
 

@@ -173,3 +173,10 @@ def conn(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A plain autocommit connection to the test's database, as an application has."""
     with psycopg.connect(database_url, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture
+def ledger(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """The test database's connection, with the table tests.ledger_tasks writes a row to per run."""
+    conn.execute("CREATE TABLE ledger (n integer NOT NULL, pid integer NOT NULL)")
+    return conn

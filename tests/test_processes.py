@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.helpers import eventually, scalar
 
@@ -32,12 +31,6 @@ def spawn(url: str, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-@pytest.fixture
-def ledger(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-    conn.execute("CREATE TABLE ledger (n integer NOT NULL, pid integer NOT NULL)")
-    return conn
 
 
 def stop(process: subprocess.Popen[str]) -> tuple[int, str]:

@@ -185,34 +185,47 @@ def _most_at_once(conn: psycopg.Connection[Any], by_key: bool) -> int:
     )
 
 
-async def test_key_and_queue_concurrency_hold_across_three_worker_processes(
-    database_url: str, conn: psycopg.Connection[Any]
+async def three_workers_ran(
+    database_url: str, conn: psycopg.Connection[Any], insert: str, jobs: int, concurrency: int
 ) -> None:
-    conn.execute("CREATE TABLE ledger (n integer NOT NULL, pid integer NOT NULL)")
-    conn.execute(
-        "INSERT INTO notifyworker.queues (name, concurrency, key_concurrency)"
-        " VALUES ('default', 12, 2)"
-    )
-    # 4 slots each: the fleet's 12 places need all three workers.
-    workers = [spawn(database_url, "--rate", "0", "--concurrency", "4") for _ in range(3)]
+    """Three worker processes run the `jobs` jobs `insert` makes, and stop cleanly."""
+    workers = [
+        spawn(database_url, "--rate", "0", "--concurrency", str(concurrency)) for _ in range(3)
+    ]
     try:
         await eventually(
             lambda: scalar(conn, "SELECT count(*) FROM notifyworker.workers") == 3, within=30
         )
-        conn.execute(
-            "INSERT INTO notifyworker.jobs (task, payload, limit_key)"
-            " SELECT 'ledger', jsonb_build_object('n', n, 'seconds', 0.1), 'k' || n % 20"
-            " FROM generate_series(1, 240) AS n"
-        )
+        conn.execute(insert.encode())
         await eventually(
             lambda: (
-                scalar(conn, "SELECT count(*) FROM notifyworker.jobs WHERE status = 'done'") == 240
+                scalar(conn, "SELECT count(*) FROM notifyworker.jobs WHERE status = 'done'") == jobs
             ),
             within=120,
         )
     finally:
         results = [stop(worker) for worker in workers]
     assert [code for code, _ in results] == [0, 0, 0], [err for _, err in results]
+
+
+async def test_key_and_queue_concurrency_hold_across_three_worker_processes(
+    database_url: str, ledger: psycopg.Connection[Any]
+) -> None:
+    conn = ledger
+    conn.execute(
+        "INSERT INTO notifyworker.queues (name, concurrency, key_concurrency)"
+        " VALUES ('default', 12, 2)"
+    )
+    # 4 slots each: the fleet's 12 places need all three workers.
+    await three_workers_ran(
+        database_url,
+        conn,
+        "INSERT INTO notifyworker.jobs (task, payload, limit_key)"
+        " SELECT 'ledger', jsonb_build_object('n', n, 'seconds', 0.1), 'k' || n % 20"
+        " FROM generate_series(1, 240) AS n",
+        jobs=240,
+        concurrency=4,
+    )
     assert _most_at_once(conn, by_key=True) == 2  # reached, never passed
     assert _most_at_once(conn, by_key=False) <= 12
     # 2 s of work for 12 places, 4 a worker: the workers the wake-up token did
@@ -221,29 +234,19 @@ async def test_key_and_queue_concurrency_hold_across_three_worker_processes(
 
 
 async def test_a_fleet_rate_is_never_exceeded_by_three_worker_processes(
-    database_url: str, conn: psycopg.Connection[Any]
+    database_url: str, ledger: psycopg.Connection[Any]
 ) -> None:
-    conn.execute("CREATE TABLE ledger (n integer NOT NULL, pid integer NOT NULL)")
+    conn = ledger
     conn.execute("INSERT INTO notifyworker.queues (name, rate) VALUES ('default', 40)")
-    workers = [spawn(database_url, "--rate", "0", "--concurrency", "10") for _ in range(3)]
-    try:
-        await eventually(
-            lambda: scalar(conn, "SELECT count(*) FROM notifyworker.workers") == 3, within=30
-        )
-        conn.execute(
-            "INSERT INTO notifyworker.jobs (task, payload)"
-            " SELECT 'ledger', jsonb_build_object('n', n, 'seconds', 0.6)"
-            " FROM generate_series(1, 81) AS n"
-        )
-        await eventually(
-            lambda: (
-                scalar(conn, "SELECT count(*) FROM notifyworker.jobs WHERE status = 'done'") == 81
-            ),
-            within=60,
-        )
-    finally:
-        results = [stop(worker) for worker in workers]
-    assert [code for code, _ in results] == [0, 0, 0], [err for _, err in results]
+    await three_workers_ran(
+        database_url,
+        conn,
+        "INSERT INTO notifyworker.jobs (task, payload)"
+        " SELECT 'ledger', jsonb_build_object('n', n, 'seconds', 0.6)"
+        " FROM generate_series(1, 81) AS n",
+        jobs=81,
+        concurrency=10,
+    )
     # 81 starts at 40/s span at least 2 s whoever started them; a slow
     # machine only makes it longer, so this cannot fail for being slow.
     span = scalar(

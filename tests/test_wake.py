@@ -294,9 +294,9 @@ def fleet(database_url: str) -> Iterator[list[tuple[subprocess.Popen[str], int]]
 
 @pytest.mark.backends("trio")  # the workers are processes: the test's own loop does not matter
 async def test_with_three_idle_workers_one_job_wakes_one_claim(
-    conn: psycopg.Connection[Any], fleet: list[tuple[subprocess.Popen[str], int]]
+    ledger: psycopg.Connection[Any], fleet: list[tuple[subprocess.Popen[str], int]]
 ) -> None:
-    conn.execute("CREATE TABLE ledger (n integer NOT NULL, pid integer NOT NULL)")
+    conn = ledger
     workers = "SELECT count(*) FROM notifyworker.workers WHERE free_slots > 0"
     await eventually(lambda: scalar(conn, workers) == 3, within=60)
     # Two more beats each: every worker has read the others as free.

@@ -89,6 +89,14 @@ def settings_from(**flags: Any) -> Settings:
     return settings
 
 
+def url_from(database_url: str | None, database_url_file: Path | None) -> str:
+    """The database URL of a command that needs nothing else from the settings."""
+    settings = settings_from(
+        database_url=database_url, database_url_file=database_url_file, log_level="WARNING"
+    )
+    return settings.url()
+
+
 def payload_object(text: str) -> dict[str, Any]:
     """A --payload option's JSON object, or one line saying what is wrong with it."""
     try:

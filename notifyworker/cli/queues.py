@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from notifyworker import admin, db
-from notifyworker.cli.options import DatabaseUrl, DatabaseUrlFile, settings_from
+from notifyworker.cli.options import DatabaseUrl, DatabaseUrlFile, url_from
 from notifyworker.errors import ConfigError, RowRejected
 from notifyworker.models import (
     DEFAULT_QUEUE,
@@ -118,7 +117,7 @@ def queue(
         changes["key_concurrency"] = _count("--key-concurrency", key_concurrency)
     if pause is not None:
         changes["paused"] = pause
-    url = _url(database_url, database_url_file)
+    url = url_from(database_url, database_url_file)
     if changes:
         try:
             db.run_once(url, admin.set_queue, name, changes)
@@ -129,7 +128,7 @@ def queue(
 
 def queues(database_url: DatabaseUrl = None, database_url_file: DatabaseUrlFile = None) -> None:
     """Every queue with settings, waiting jobs or running jobs: limits, state, recent pickup."""
-    _show(db.run_once(_url(database_url, database_url_file), admin.list_queues))
+    _show(db.run_once(url_from(database_url, database_url_file), admin.list_queues))
 
 
 # A negative value is an argument for the rule to refuse in one line, not an unknown option.
@@ -156,7 +155,7 @@ def rate(
     """Show or change the default queue's rate, shared by the whole fleet (live)."""
     if value is not None and (problem := rate_problem(value)):
         raise ConfigError(problem)
-    url = _url(database_url, database_url_file)
+    url = url_from(database_url, database_url_file)
     if reset:
         db.run_once(url, admin.set_rate, None)
     elif value is not None:
@@ -168,13 +167,6 @@ def rate(
         print(f"unlimited for the whole fleet (queue {DEFAULT_QUEUE})")
     else:
         print(f"{current:g} jobs/s for the whole fleet (queue {DEFAULT_QUEUE})")
-
-
-def _url(database_url: str | None, database_url_file: Path | None) -> str:
-    settings = settings_from(
-        database_url=database_url, database_url_file=database_url_file, log_level="WARNING"
-    )
-    return settings.url()
 
 
 def _rate(option: str, text: str, rule: Callable[[float], str | None]) -> float | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from notifyworker import admin, db, store
-from notifyworker.cli.options import DatabaseUrl, DatabaseUrlFile, payload_object, settings_from
+from notifyworker.cli.options import DatabaseUrl, DatabaseUrlFile, payload_object, url_from
 from notifyworker.cron import CATCH_UP_POLICIES, CatchUp, Cron, Schedule, ScheduleRow
 from notifyworker.errors import ConfigError
 from notifyworker.safetext import visible
@@ -33,13 +32,6 @@ Name = Annotated[str, typer.Argument(help="The schedule's name.", show_default=F
 COLUMNS = ("name", "cron", "tz", "task", "catch-up", "state", "last tick", "next run")
 
 
-def _url(database_url: str | None, database_url_file: Path | None) -> str:
-    settings = settings_from(
-        database_url=database_url, database_url_file=database_url_file, log_level="WARNING"
-    )
-    return settings.url()
-
-
 @app.callback()
 def schedules(
     ctx: typer.Context,
@@ -49,7 +41,7 @@ def schedules(
     """Cron schedules: without a command, every schedule with its next run time."""
     if ctx.invoked_subcommand is not None:
         return
-    rows, now = db.run_once(_url(database_url, database_url_file), admin.list_schedules)
+    rows, now = db.run_once(url_from(database_url, database_url_file), admin.list_schedules)
     lines = [_cells(row, now) for row in rows] if now is not None else []
     if sys.stdout.isatty():
         table = Table()
@@ -108,7 +100,7 @@ def add(
         raise ConfigError(f"--catch-up must be 'one' or 'none', not {catch_up!r}")
     policy: CatchUp = "one" if catch_up == "one" else "none"
     schedule = Schedule(name, cron, task, tz, payload_object(payload), policy)
-    url = _url(database_url, database_url_file)
+    url = url_from(database_url, database_url_file)
     created = db.run_once(url, store.declare_schedule, schedule)
     said = {True: "added", False: "updated", None: "unchanged"}[created]
     parsed = Cron(schedule.cron, schedule.tz)
@@ -122,7 +114,7 @@ def remove(
     name: Name, database_url: DatabaseUrl = None, database_url_file: DatabaseUrlFile = None
 ) -> None:
     """Delete a schedule (its jobs already enqueued stay)."""
-    if not db.run_once(_url(database_url, database_url_file), admin.remove_schedule, name):
+    if not db.run_once(url_from(database_url, database_url_file), admin.remove_schedule, name):
         raise ConfigError(f"there is no schedule {name!r}")
     print(visible(f"removed schedule {name}"))
 
@@ -132,7 +124,7 @@ def pause(
     name: Name, database_url: DatabaseUrl = None, database_url_file: DatabaseUrlFile = None
 ) -> None:
     """Stop a schedule firing until it is resumed."""
-    _pause(name, True, _url(database_url, database_url_file))
+    _pause(name, True, url_from(database_url, database_url_file))
 
 
 @app.command()
@@ -140,7 +132,7 @@ def resume(
     name: Name, database_url: DatabaseUrl = None, database_url_file: DatabaseUrlFile = None
 ) -> None:
     """Resume a paused schedule from its next tick (the ticks of the pause never run)."""
-    _pause(name, False, _url(database_url, database_url_file))
+    _pause(name, False, url_from(database_url, database_url_file))
 
 
 def _pause(name: str, paused: bool, url: str) -> None:
